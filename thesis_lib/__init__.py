@@ -1,0 +1,43 @@
+"""thesis-lib: train PyTorch models, keep an honest record of every run, report on it."""
+
+__version__ = "0.1.0"
+
+from .config import Config, load_config
+from .data import make_loaders, make_synthetic_events
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FactsError,
+    ModelError,
+    NonFiniteLossError,
+    NoValidRunsError,
+    SchemaVersionError,
+    ThesisLibError,
+)
+from .facts import RunWriter, discover_runs, load_runs
+from .models import build_model
+from .train import RunResult, train
+
+__all__ = [
+    "__version__",
+    "train",
+    "RunResult",
+    "load_config",
+    "Config",
+    "load_runs",
+    "discover_runs",
+    "RunWriter",
+    "make_synthetic_events",
+    "make_loaders",
+    "build_model",
+    "ThesisLibError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "FactsError",
+    "SchemaVersionError",
+    "NoValidRunsError",
+    "NonFiniteLossError",
+    "CheckpointError",
+]

@@ -1,0 +1,105 @@
+"""`thesis-lib train | demo | make-data | runs`: thin wrappers over the library's functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import ThesisLibError
+
+__all__ = ["main"]
+
+DEMO_DATA = "data/events.h5"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    result = train(args.config, args.overrides)
+    return 0 if result.status in ("COMPLETED", "STOPPED") else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .data import make_synthetic_events
+    from .facts import load_runs
+    from .train import train
+
+    data_path = Path(args.data)
+    if not data_path.is_file():
+        print(f"generating {args.n_events:,} synthetic events -> {data_path}")
+        make_synthetic_events(data_path, n_events=args.n_events, seed=0)
+    config = {
+        "output_root": args.output_root,
+        "run_name": "demo",
+        "data": {"path": str(data_path)},
+        "model": {"encoder": "transformer", "bottleneck": "vq", "latent_dim": 32},
+        "trainer": {"epochs": args.epochs, "seed": 1},
+    }
+    result = train(config, args.overrides)
+    runs_df, _, _ = load_runs(run_dirs=[str(result.run_dir)])
+    columns = ["status", "encoder", "tokenizer", "epochs", "best_epoch", "loss.total_best", "metric_perplex_final", "throughput_mean"]
+    print(runs_df[[c for c in columns if c in runs_df.columns]].to_string(index=False))
+    print(f"run directory: {result.run_dir}")
+    return 0 if result.status in ("COMPLETED", "STOPPED") else 1
+
+
+def _cmd_make_data(args: argparse.Namespace) -> int:
+    from .data import make_synthetic_events
+
+    path = make_synthetic_events(args.path, n_events=args.n_events, seed=args.seed)
+    print(f"wrote {args.n_events:,} synthetic events -> {path}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .facts import load_runs
+
+    runs_df, _, _ = load_runs(sweep_dir=args.sweep_dir, run_dirs=args.run_dirs or None)
+    columns = ["run_id", "status", "encoder", "tokenizer", "seed", "epochs", "best_epoch", "loss.total_best", "total_time_s"]
+    print(runs_df[[c for c in columns if c in runs_df.columns]].to_string(index=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thesis-lib", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train_p = commands.add_parser("train", help="train from a YAML config plus dotted overrides")
+    train_p.add_argument("--config", help="YAML config file (defaults are used for what it leaves out)")
+    train_p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.bottleneck=vq trainer.seed=2")
+    train_p.set_defaults(func=_cmd_train)
+
+    demo_p = commands.add_parser("demo", help="make synthetic events if needed and train the default autoencoder")
+    demo_p.add_argument("--data", default=DEMO_DATA)
+    demo_p.add_argument("--n-events", type=int, default=20_000)
+    demo_p.add_argument("--epochs", type=int, default=5)
+    demo_p.add_argument("--output-root", default="outputs")
+    demo_p.add_argument("overrides", nargs="*", help="dotted overrides applied to the demo config")
+    demo_p.set_defaults(func=_cmd_demo)
+
+    data_p = commands.add_parser("make-data", help="write a synthetic HDF5 event file")
+    data_p.add_argument("path")
+    data_p.add_argument("--n-events", type=int, default=20_000)
+    data_p.add_argument("--seed", type=int, default=0)
+    data_p.set_defaults(func=_cmd_make_data)
+
+    runs_p = commands.add_parser("runs", help="summarise run directories (load_runs)")
+    runs_p.add_argument("run_dirs", nargs="*", help="run directories or globs")
+    runs_p.add_argument("--sweep-dir")
+    runs_p.set_defaults(func=_cmd_runs)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ThesisLibError as exc:
+        print(f"thesis-lib {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""Run configuration: dataclasses built from dicts, YAML files and dotted overrides.
+
+Validation happens here, when the config is built, so a typo fails before any data is read:
+an unknown key or value names the key, the bad value, the allowed ones and the nearest match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "VQConfig",
+    "OptimConfig",
+    "TrainerConfig",
+    "LoggingConfig",
+    "load_config",
+    "parse_overrides",
+    "flatten_dict",
+]
+
+
+def _registry(kind: str) -> dict:
+    """Field metadata: the allowed values are the names registered for `kind` in models.registry."""
+    return {"registry": kind}
+
+
+def _at_least(minimum: float) -> dict:
+    return {"min": minimum}
+
+
+@dataclass
+class DataConfig:
+    path: str = "data/events.h5"
+    batch_size: int = field(default=512, metadata=_at_least(1))
+    eval_batch_size: int = field(default=0, metadata=_at_least(0))  # 0: same as batch_size
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    memory_budget_mb: float = field(default=2048.0, metadata=_at_least(0))  # hold a split in RAM below this
+    device_budget_mb: float = field(default=4096.0, metadata=_at_least(0))  # ... and on the GPU below this
+    block_rows: int = field(default=0, metadata=_at_least(0))  # 0: aligned to the file's chunking
+    num_workers: int = field(default=0, metadata=_at_least(0))
+    max_events: int = field(default=0, metadata=_at_least(0))  # 0: all; caps each split for quick runs
+
+
+@dataclass
+class VQConfig:
+    codebook_size: int = field(default=256, metadata=_at_least(2))
+    code_dim: int = field(default=8, metadata=_at_least(1))
+    beta: float = field(default=0.25, metadata=_at_least(0))  # commitment weight
+    decay: float = field(default=0.99, metadata=_at_least(0))  # EMA decay of the codebook
+    eps: float = field(default=1e-5, metadata=_at_least(0))
+    dead_code_threshold: float = field(default=0.01, metadata=_at_least(0))  # EMA usage below this: revive
+
+
+@dataclass
+class ModelConfig:
+    task: str = field(default="autoencoder", metadata=_registry("task"))
+    encoder: str = field(default="mlp", metadata=_registry("encoder"))
+    bottleneck: str = field(default="identity", metadata=_registry("bottleneck"))
+    decoder: str = field(default="mlp", metadata=_registry("decoder"))
+    latent_dim: int = field(default=32, metadata=_at_least(1))
+    hidden_dim: int = field(default=128, metadata=_at_least(1))
+    num_layers: int = field(default=2, metadata=_at_least(1))
+    num_heads: int = field(default=4, metadata=_at_least(1))
+    token_embed_dim: int = field(default=16, metadata=_at_least(1))
+    dropout: float = field(default=0.0, metadata=_at_least(0))
+    globals_beta: float = field(default=0.1, metadata=_at_least(0))  # weight of the globals head's loss
+    tokens_weight: float = field(default=1.0, metadata=_at_least(0))  # weight of the token-type loss
+    freeze: list[str] = field(default_factory=list)  # dotted submodule names, e.g. ["encoder"]
+    vq: VQConfig = field(default_factory=VQConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = field(default=1e-3, metadata=_at_least(0))
+    weight_decay: float = field(default=0.0, metadata=_at_least(0))
+    momentum: float = field(default=0.9, metadata=_at_least(0))  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = field(default=0.0, metadata=_at_least(0))  # max grad norm; 0: off
+    scheduler: Literal["none", "plateau"] = "none"
+    plateau_factor: float = field(default=0.5, metadata=_at_least(0))
+    plateau_patience: int = field(default=2, metadata=_at_least(0))
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = field(default=10, metadata=_at_least(1))
+    seed: int = 0
+    device: str = "auto"  # auto: cuda when available, else cpu
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    grad_accum_steps: int = field(default=1, metadata=_at_least(1))
+    early_stopping_patience: int = field(default=0, metadata=_at_least(0))  # 0: off
+    early_stopping_min_delta: float = field(default=0.0, metadata=_at_least(0))
+    sync_every_n_steps: int = field(default=50, metadata=_at_least(1))  # how often the host reads metrics
+    max_steps_per_epoch: int = field(default=0, metadata=_at_least(0))  # 0: the whole split
+    resume_from: Union[str, None] = None  # a run directory or its last.pt
+    test: bool = True  # evaluate the best weights on the test split at the end
+
+
+@dataclass
+class LoggingConfig:
+    print_every_n_steps: int = field(default=0, metadata=_at_least(0))  # 0: one line per epoch
+
+
+@dataclass
+class Config:
+    output_root: str = "outputs"
+    run_name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain, YAML-safe data (what `config.yaml` holds)."""
+        return dataclasses.asdict(self)
+
+
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def load_config(
+    source: Union[Config, Mapping, str, Path, None] = None,
+    overrides: Union[Sequence[str], Mapping, None] = None,
+) -> Config:
+    """Build a validated Config.
+
+    Args:
+        source: a Config, a (nested) dict, a path to a YAML file, or None for the defaults.
+        overrides: dotted `key=value` strings (values parsed as YAML) or a dict, nested or with
+            dotted keys; applied on top of `source`.
+
+    Returns:
+        The validated Config.
+
+    Raises:
+        ConfigError: an unknown key or value, a wrong type, or an unreadable YAML file; the
+            message names the key, the bad value and what is allowed.
+    """
+    if source is None:
+        base: dict = {}
+    elif isinstance(source, Config):
+        base = source.to_dict()
+    elif isinstance(source, Mapping):
+        base = _expand_dotted(source, where="config")
+    elif isinstance(source, (str, Path)):
+        base = _read_yaml(Path(source))
+    else:
+        raise ConfigError(f"config must be a dict, a Config or a YAML path, got {type(source).__name__}")
+    for key, value in parse_overrides(overrides):
+        _set_dotted(base, key, value)
+    return _build(Config, base, prefix="")
+
+
+def parse_overrides(overrides: Union[Sequence[str], Mapping, None]) -> list[tuple[str, Any]]:
+    """Turn `["model.bottleneck=vq", ...]` or a dict into (dotted key, value) pairs."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return list(flatten_dict(dict(overrides), keep_empty_dicts=False).items())
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    pairs = []
+    for item in overrides:
+        if not isinstance(item, str) or "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. model.bottleneck=vq)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
+        pairs.append((key, value))
+    return pairs
+
+
+def flatten_dict(data: Mapping, prefix: str = "", *, keep_empty_dicts: bool = True) -> dict:
+    """`{"model": {"vq": {"beta": 1}}}` -> `{"model.vq.beta": 1}`."""
+    flat: dict = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and (value or not keep_empty_dicts):
+            flat.update(flatten_dict(value, f"{dotted}.", keep_empty_dicts=keep_empty_dicts))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
+    return _expand_dotted(data, where=str(path))
+
+
+def _expand_dotted(data: Mapping, where: str) -> dict:
+    """Deep-copy a mapping, expanding dotted keys so `{"model.latent_dim": 8}` nests."""
+    result: dict = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: config keys must be strings, got {key!r}")
+        if isinstance(value, Mapping):
+            value = _expand_dotted(value, where)
+        _set_dotted(result, key, value)
+    return result
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {} if child is None or not isinstance(child, Mapping) else dict(child)
+            node[part] = child
+        node = child
+    last = parts[-1]
+    if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+        for key, sub in value.items():
+            _set_dotted(node[last], key, sub)
+    else:
+        node[last] = value
+
+
+def _suggest(bad: str, allowed: Sequence[str]) -> str:
+    match = difflib.get_close_matches(str(bad), list(allowed), n=1, cutoff=0.5)
+    return f" — did you mean {match[0]!r}?" if match else ""
+
+
+def _build(cls: type, data: Any, prefix: str):
+    if not isinstance(data, Mapping):
+        where = prefix.rstrip(".") or "config"
+        raise ConfigError(f"{where} must be a mapping of {cls.__name__} fields, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            allowed = list(fields)
+            section = prefix.rstrip(".") or "the top level"
+            raise ConfigError(
+                f"unknown config key '{prefix}{key}'{_suggest(key, allowed)} "
+                f"allowed keys in {section}: {', '.join(allowed)}"
+            )
+    kwargs = {}
+    for name, fld in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, data[name], prefix=f"{key}.")
+        else:
+            kwargs[name] = _check_value(key, data[name], hint, fld.metadata)
+    config = cls(**kwargs)
+    _check_registry_defaults(config, prefix)
+    if cls is TrainerConfig and not _DEVICE_PATTERN.match(config.device):
+        raise ConfigError(
+            f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"
+        )
+    return config
+
+
+def _check_registry_defaults(config: Any, prefix: str) -> None:
+    """Validate registry-backed defaults too: a part removed from the registry must not pass silently."""
+    for fld in dataclasses.fields(config):
+        if "registry" in fld.metadata:
+            _check_choice(f"{prefix}{fld.name}", getattr(config, fld.name), _registered(fld.metadata["registry"]))
+
+
+def _registered(kind: str) -> tuple[str, ...]:
+    # Imported here: models import torch, and config must stay importable on its own for the CLI's help.
+    from .models import registry
+
+    return registry.names(kind)
+
+
+def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{key}={value!r}{_suggest(str(value), [str(a) for a in allowed])} "
+            f"allowed: {', '.join(str(a) for a in allowed)}"
+        )
+
+
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return f"list of {_type_name(item)}"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _check_value(key: str, value: Any, hint: Any, metadata: Mapping) -> Any:
+    checked = _coerce(key, value, hint)
+    if "registry" in metadata:
+        _check_choice(key, checked, _registered(metadata["registry"]))
+    if "min" in metadata and checked < metadata["min"]:
+        raise ConfigError(f"{key}={value!r} must be >= {metadata['min']}")
+    return checked
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        _check_choice(key, value, allowed)
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+            raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")
+        return [_coerce(f"{key}[{i}]", item, item_hint) for i, item in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        # bool is an int subclass; `epochs: true` is a mistake, not 1.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads `3e-4` (no dot) as a string; as a float field's value it means 0.0003.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a new field type without a rule here is a programming error
+        raise TypeError(f"config field {key} has unsupported type {hint!r}")
+    raise ConfigError(f"{key}={value!r}: expected {_type_name(hint)}, got {type(value).__name__}")

@@ -1,0 +1,440 @@
+"""Batches of events as torch tensors: a split held in memory (or on the GPU), or streamed by block."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import ConfigError, DataError
+from .h5 import EventFile
+
+__all__ = ["Normalization", "compute_normalization", "EventLoader", "DataMeta", "make_loaders"]
+
+LOADER_MODES = ("auto", "memory", "stream")
+# A std below this is a constant feature: dividing by it would blow the feature up, so use 1.
+_STD_FLOOR = 1e-6
+# Stream blocks default to about this many rows, rounded to whole HDF5 chunks.
+_TARGET_BLOCK_ROWS = 8192
+_MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-feature mean and std used to z-score tokens_cont (valid tokens only) and globals."""
+
+    cont_mean: tuple[float, ...]
+    cont_std: tuple[float, ...]
+    globals_mean: tuple[float, ...]
+    globals_std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-ready lists, the form saved with a run."""
+        return {k: list(getattr(self, k)) for k in ("cont_mean", "cont_std", "globals_mean", "globals_std")}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> "Normalization":
+        """Rebuild from to_dict() output.
+
+        Raises:
+            DataError: a key is missing or a mean and its std differ in length.
+        """
+        keys = ("cont_mean", "cont_std", "globals_mean", "globals_std")
+        missing = [k for k in keys if k not in data]
+        if missing:
+            raise DataError(f"normalization dict lacks keys {missing}; expected {list(keys)}")
+        values = {k: tuple(float(v) for v in data[k]) for k in keys}
+        for part in ("cont", "globals"):
+            if len(values[f"{part}_mean"]) != len(values[f"{part}_std"]):
+                raise DataError(f"normalization {part}_mean has {len(values[f'{part}_mean'])} values but "
+                                f"{part}_std has {len(values[f'{part}_std'])}; expected equal lengths")
+        return cls(**values)
+
+    def apply(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Z-score a block from EventFile.read_block in place, zeroing padding positions; returns it."""
+        # torch on numpy views: its broadcasting over the short feature axis is several times
+        # faster than numpy's; x * (1/std) + (-mean/std) is one fused pass (addcmul).
+        for part, key in (("cont", "tokens_cont"), ("globals", "globals")):
+            x = torch.from_numpy(block[key])
+            scale, shift = self._affine(part)
+            torch.addcmul(shift, x, scale, out=x)
+        # masked_fill rather than a multiply: padding that held NaN becomes 0 too.
+        torch.from_numpy(block["tokens_cont"]).masked_fill_(torch.from_numpy(block["tokens_id"] == 0).unsqueeze(-1), 0.0)
+        return block
+
+    def _affine(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1/std, -mean/std) of "cont" or "globals" as float32 tensors."""
+        mean, std = np.asarray(getattr(self, f"{part}_mean")), np.asarray(getattr(self, f"{part}_std"))
+        return torch.from_numpy((1.0 / std).astype(np.float32)), torch.from_numpy((-mean / std).astype(np.float32))
+
+
+class _Moments:
+    """Streaming mean and variance per column, merged block by block (Chan et al.)."""
+
+    def __init__(self, dim: int) -> None:
+        self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
+
+    def update(self, x: np.ndarray) -> None:
+        """Merge the rows of x [k, dim] into the running moments."""
+        k = len(x)
+        if k == 0:
+            return
+        x = x.astype(np.float64)
+        block_mean = x.mean(axis=0)
+        block_m2 = ((x - block_mean) ** 2).sum(axis=0)
+        delta, total = block_mean - self.mean, self.n + k
+        self.mean = self.mean + delta * (k / total)
+        self.m2 = self.m2 + block_m2 + delta**2 * (self.n * k / total)
+        self.n = total
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, population std) with constant columns given std 1."""
+        if self.n == 0:
+            return tuple(0.0 for _ in self.mean), tuple(1.0 for _ in self.mean)
+        std = np.sqrt(self.m2 / self.n)
+        std = np.where(std < _STD_FLOOR, 1.0, std)
+        return tuple(float(v) for v in self.mean), tuple(float(v) for v in std)
+
+
+def compute_normalization(event_file: EventFile | str | Path, split: str = "train", *,
+                          block_rows: int = 65536, max_rows: int = 0) -> Normalization:
+    """Mean and std of every continuous feature over valid tokens (id != 0) and of every global.
+
+    Args:
+        event_file: an EventFile or a path to one.
+        split: the split whose statistics define the normalization (train, always, in training).
+        block_rows: rows read per block; memory stays bounded by this.
+        max_rows: use only the first max_rows rows (0: all), matching a capped loader.
+
+    Returns:
+        The Normalization; a feature with std below 1e-6 gets std 1.
+
+    Raises:
+        DataError: the split is missing or has no rows.
+    """
+    ef = event_file if isinstance(event_file, EventFile) else EventFile(event_file)
+    n = ef.num_rows(split)
+    n = min(n, max_rows) if max_rows else n
+    if n == 0:
+        raise DataError(f"{ef.path}: split {split} has no rows; cannot compute a normalization from it")
+    cont, glob = _Moments(ef.cont_dim), _Moments(ef.globals_dim)
+    for start in range(0, n, block_rows):
+        block = ef.read_block(split, start, min(n, start + block_rows))
+        cont.update(block["tokens_cont"][block["tokens_id"] != 0])
+        glob.update(block["globals"])
+    (cm, cs), (gm, gs) = cont.mean_std(), glob.mean_std()
+    return Normalization(cm, cs, gm, gs)
+
+
+def _seed_words(seed: int, epoch: int, stream: int = 0) -> list[int]:
+    """Entropy words for a generator that depends on (seed, epoch, stream) and nothing else."""
+    mask = (1 << 64) - 1
+    return [seed & mask, epoch & mask, stream & mask]
+
+
+def _epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled row order of one epoch, identical on every device and every run."""
+    state = np.random.SeedSequence(_seed_words(seed, epoch)).generate_state(1, np.uint64)[0]
+    generator = torch.Generator().manual_seed(int(state >> np.uint64(1)))
+    return torch.randperm(n, generator=generator)
+
+
+def _batch_count(rows: int, batch_size: int, drop_last: bool) -> int:
+    """Batches that `rows` rows make."""
+    return rows // batch_size if drop_last else math.ceil(rows / batch_size)
+
+
+class _BlockStream(IterableDataset):
+    """Contiguous blocks read in a (seed, epoch)-shuffled order, rows shuffled within a buffer.
+
+    Under a DataLoader with workers, worker w takes blocks w, w+W, ... of the epoch's block
+    order, so every row is seen exactly once per epoch whatever the worker count.
+    """
+
+    def __init__(self, event_file: EventFile, split: str, num_rows: int, block_rows: int, batch_size: int,
+                 shuffle: bool, seed: int, drop_last: bool, normalization: Normalization, buffer_blocks: int):
+        super().__init__()
+        self.event_file, self.split, self.batch_size = event_file, split, batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.normalization, self.buffer_blocks = normalization, buffer_blocks
+        self.blocks = [(s, min(num_rows, s + block_rows)) for s in range(0, num_rows, block_rows)]
+        self.epoch = 0
+
+    def worker_blocks(self, worker: int, num_workers: int) -> np.ndarray:
+        """Indices into self.blocks that `worker` reads this epoch."""
+        order = np.arange(len(self.blocks))
+        if self.shuffle:
+            order = np.random.default_rng(_seed_words(self.seed, self.epoch)).permutation(order)
+        return order[worker::num_workers]
+
+    def batches_per_worker(self, num_workers: int) -> list[int]:
+        """How many batches each worker yields this epoch (each carries its own remainder)."""
+        sizes = np.array([stop - start for start, stop in self.blocks], dtype=np.int64)
+        return [_batch_count(int(sizes[self.worker_blocks(w, num_workers)].sum()), self.batch_size, self.drop_last)
+                for w in range(num_workers)]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.worker_blocks(worker, num_workers)
+        rng = np.random.default_rng(_seed_words(self.seed, self.epoch, 1 + worker))
+        bs, carry = self.batch_size, None
+        # Shuffled batches are gathered copies, so one buffer can be refilled for every group
+        # (no fresh pages to fault in); unshuffled batches are views and need fresh buffers.
+        scratch = self.event_file.empty_block(self.buffer_blocks * self.blocks[0][1] + bs) if self.shuffle else None
+        for i in range(0, len(mine), self.buffer_blocks):
+            buf = self._fill_buffer([self.blocks[b] for b in mine[i:i + self.buffer_blocks]], carry, scratch)
+            n = len(buf["labels"])
+            order = torch.from_numpy(rng.permutation(n)) if self.shuffle else None
+            full = n - n % bs
+            for lo in range(0, full, bs):
+                yield _take(buf, order, lo, lo + bs)
+            # The remainder joins the next buffer, so batches stay full until the very last one.
+            carry = _take(buf, order, full, n) if full < n else None
+        if carry is not None and not self.drop_last:
+            yield carry
+
+    def _fill_buffer(self, blocks: list[tuple[int, int]], carry: dict[str, torch.Tensor] | None,
+                     scratch: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor]:
+        """Carried rows, then `blocks` read straight into one buffer (scratch's prefix) and normalized."""
+        kept = 0 if carry is None else len(carry["labels"])
+        total = kept + sum(stop - start for start, stop in blocks)
+        arrays = self.event_file.empty_block(total) if scratch is None else {k: v[:total] for k, v in scratch.items()}
+        row = kept
+        for start, stop in blocks:
+            view = {k: v[row:row + stop - start] for k, v in arrays.items()}
+            # Normalized right after its read, while the block is still in cache.
+            self.normalization.apply(self.event_file.read_block(self.split, start, stop, out=view))
+            row += stop - start
+        buf = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        for k in buf if carry is not None else ():
+            buf[k][:kept] = carry[k]
+        return buf
+
+
+def _take(buf: dict[str, torch.Tensor], order: torch.Tensor | None, lo: int, hi: int) -> dict[str, torch.Tensor]:
+    """Rows lo..hi of the buffer in `order` (a gather), or as views when unshuffled."""
+    if order is None:
+        return {k: v[lo:hi] for k, v in buf.items()}
+    index = order[lo:hi]
+    return {k: v.index_select(0, index) for k, v in buf.items()}
+
+
+class EventLoader:
+    """Iterable over batches of one split: dicts of torch tensors, normalized, padding zeroed.
+
+    Modes: "memory" (split decoded once into host tensors), "device" (the same, on the CUDA
+    device: per-batch index_select on the GPU, no host-to-device copy per batch), "stream"
+    (contiguous chunk-aligned blocks in a shuffled order, rows shuffled within a buffer of
+    `buffer_blocks` blocks). Call set_epoch(e) before each epoch: the order is a function of
+    (seed, epoch) alone. Unshuffled memory-mode batches are views: do not modify them in place.
+    """
+
+    def __init__(self, source: EventFile | str | Path, split: str, *, batch_size: int, shuffle: bool = False,
+                 seed: int = 0, normalization: Normalization | None = None, device: str | torch.device = "cpu",
+                 mode: str = "auto", memory_budget_mb: float = 2048, device_budget_mb: float = 4096,
+                 block_rows: int = 0, max_rows: int = 0, drop_last: bool = False, num_workers: int = 0,
+                 buffer_blocks: int = 4) -> None:
+        """Choose the mode and, for memory/device, load the split.
+
+        Args:
+            source: an EventFile or a path to one.
+            split: "train", "val" or "test".
+            batch_size: rows per batch.
+            shuffle: shuffle rows each epoch (train); otherwise file order.
+            seed: with the epoch, fixes the order.
+            normalization: statistics to apply; None computes them from the train split.
+            device: where batches land; "device" mode needs CUDA.
+            mode: "auto" (memory when the decoded split fits memory_budget_mb, else stream),
+                "memory" or "stream".
+            memory_budget_mb, device_budget_mb: size limits for holding the split in RAM / on the GPU.
+            block_rows: rows per read block; 0 aligns about 8192 rows to the file's chunks.
+            max_rows: use only the first max_rows rows (0: all).
+            drop_last: drop the final partial batch (per worker in stream mode with workers).
+            num_workers: stream mode only: DataLoader worker processes reading disjoint blocks.
+            buffer_blocks: stream mode: blocks shuffled together.
+
+        Raises:
+            ConfigError: a size, count or mode is out of range.
+            DataError: the split is missing, or the normalization does not match the file's features.
+        """
+        self.event_file = source if isinstance(source, EventFile) else EventFile(source)
+        for name, value, low in (("batch_size", batch_size, 1), ("max_rows", max_rows, 0),
+                                 ("block_rows", block_rows, 0), ("num_workers", num_workers, 0),
+                                 ("buffer_blocks", buffer_blocks, 1)):
+            if int(value) < low:
+                raise ConfigError(f"EventLoader {name}={value}; expected an integer >= {low}")
+        if mode not in LOADER_MODES:
+            raise ConfigError(f"EventLoader mode={mode!r}; expected one of {list(LOADER_MODES)}")
+        self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), shuffle, int(seed)
+        self.drop_last, self.num_workers, self.device = drop_last, int(num_workers), torch.device(device)
+        total = self.event_file.num_rows(split)
+        self.num_rows = min(total, max_rows) if max_rows else total
+        self.normalization = normalization or compute_normalization(self.event_file, "train", max_rows=max_rows)
+        ef = self.event_file
+        if (len(self.normalization.cont_mean), len(self.normalization.globals_mean)) != (ef.cont_dim, ef.globals_dim):
+            raise DataError(f"{ef.path}: normalization has {len(self.normalization.cont_mean)} token features and "
+                            f"{len(self.normalization.globals_mean)} globals; expected {ef.cont_dim} and "
+                            f"{ef.globals_dim} (the file's cont_features and globals_features)")
+        chunk = ef.chunk_rows(split) or 1
+        self.block_rows = int(block_rows) or chunk * max(1, round(_TARGET_BLOCK_ROWS / chunk))
+        nbytes = self.num_rows * ef.row_nbytes
+        if mode == "stream" or (mode == "auto" and nbytes > memory_budget_mb * _MB):
+            self.mode = "stream"
+        elif self.device.type == "cuda" and nbytes <= device_budget_mb * _MB:
+            self.mode = "device"
+        else:
+            self.mode = "memory"
+        self._epoch = 0
+        if self.mode == "stream":
+            self._stream = _BlockStream(ef, split, self.num_rows, self.block_rows, self.batch_size, shuffle,
+                                        self.seed, drop_last, self.normalization, int(buffer_blocks))
+        else:
+            self._tensors = self._load_split()
+
+    def _load_split(self) -> dict[str, torch.Tensor]:
+        """Decode and normalize the whole split block by block, then place it on its device."""
+        ef, n = self.event_file, self.num_rows
+        arrays = ef.empty_block(n)
+        for start in range(0, n, self.block_rows):
+            stop = min(n, start + self.block_rows)
+            view = {k: v[start:stop] for k, v in arrays.items()}
+            self.normalization.apply(ef.read_block(self.split, start, stop, out=view))
+        tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        if self.mode == "device":
+            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+        return tensors
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the order of the next iteration to the one of `epoch` (with this loader's seed)."""
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        if self.mode == "stream":
+            self._stream.epoch = self._epoch
+            return sum(self._stream.batches_per_worker(max(1, self.num_workers)))
+        return _batch_count(self.num_rows, self.batch_size, self.drop_last)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        batches = self._iter_stream() if self.mode == "stream" else self._iter_memory()
+        to_device = self.mode != "device" and self.device.type != "cpu"
+        for batch in batches:
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()} if to_device else batch
+
+    def _iter_memory(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Slices of one permutation per epoch: no per-sample Python work."""
+        storage = self._tensors["labels"].device
+        perm = _epoch_permutation(self.num_rows, self.seed, self._epoch).to(storage) if self.shuffle else None
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min(self.num_rows, (b + 1) * self.batch_size)
+            if perm is None:
+                yield {k: v[lo:hi] for k, v in self._tensors.items()}
+            else:
+                index = perm[lo:hi]
+                yield {k: v.index_select(0, index) for k, v in self._tensors.items()}
+
+    def _iter_stream(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Blocks in this process, or through DataLoader workers that each open the file themselves."""
+        self._stream.epoch = self._epoch
+        if not self.num_workers:
+            yield from self._stream
+            return
+        # Workers fork from this process: it must not hold an HDF5 handle across the fork.
+        self.event_file.close()
+        yield from DataLoader(self._stream, batch_size=None, num_workers=self.num_workers,
+                              pin_memory=self.device.type == "cuda")
+
+    def __repr__(self) -> str:
+        return (f"EventLoader(split={self.split!r}, mode={self.mode!r}, rows={self.num_rows}, "
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, device={str(self.device)!r})")
+
+
+@dataclass
+class DataMeta:
+    """What a model and a report need to know about the data of a run (saved as data_meta.json)."""
+
+    path: str
+    layout: str
+    n_tokens: int
+    cont_dim: int
+    globals_dim: int
+    n_token_types: int
+    n_classes: int
+    cont_features: tuple[str, ...]
+    globals_features: tuple[str, ...]
+    token_types: tuple[str, ...]
+    label_names: tuple[str, ...]
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    normalization: Normalization | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (tuples as lists, normalization as its dict)."""
+        out = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        out["split_sizes"] = dict(self.split_sizes)
+        out["normalization"] = self.normalization.to_dict() if self.normalization else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> "DataMeta":
+        """Rebuild from to_dict() output (e.g. a run's data_meta.json).
+
+        Raises:
+            DataError: a field is missing.
+        """
+        names = [f for f in cls.__dataclass_fields__]
+        missing = [f for f in names if f not in data]
+        if missing:
+            raise DataError(f"data meta lacks keys {missing}; expected {names}")
+        values = {f: (tuple(data[f]) if isinstance(data[f], list) else data[f]) for f in names}
+        values["split_sizes"] = dict(data["split_sizes"])
+        values["normalization"] = Normalization.from_dict(data["normalization"]) if data["normalization"] else None
+        return cls(**values)
+
+
+def make_loaders(data_cfg, *, device: str | torch.device, seed: int) -> tuple[dict[str, EventLoader], DataMeta]:
+    """Loaders for every split of the file in data_cfg.path, normalized with train statistics.
+
+    Args:
+        data_cfg: an object with path, batch_size and optionally eval_batch_size (0: batch_size),
+            loader, memory_budget_mb, device_budget_mb, block_rows, num_workers, max_events
+            (0: all; caps each split) — a DataConfig or a SimpleNamespace.
+        device: where batches land.
+        seed: shuffle seed of the train loader (with the epoch set by set_epoch).
+
+    Returns:
+        ({split: EventLoader} with train shuffled and val/test in file order, DataMeta).
+
+    Raises:
+        DataError: the file is unreadable or lacks a train or val split.
+        ConfigError: a loader setting is out of range.
+    """
+    ef = EventFile(data_cfg.path)
+    missing = [s for s in ("train", "val") if s not in ef.splits]
+    if missing:
+        raise DataError(f"{ef.path}: splits {missing} not found; training needs train and val "
+                        f"(the file has {list(ef.splits)})")
+    max_rows = int(getattr(data_cfg, "max_events", 0))
+    normalization = compute_normalization(ef, "train", max_rows=max_rows)
+    eval_batch_size = int(getattr(data_cfg, "eval_batch_size", 0)) or data_cfg.batch_size
+    loaders = {
+        split: EventLoader(ef, split, batch_size=data_cfg.batch_size if split == "train" else eval_batch_size,
+                           shuffle=split == "train", seed=seed, normalization=normalization, device=device,
+                           mode=getattr(data_cfg, "loader", "auto"),
+                           memory_budget_mb=getattr(data_cfg, "memory_budget_mb", 2048),
+                           device_budget_mb=getattr(data_cfg, "device_budget_mb", 4096),
+                           block_rows=getattr(data_cfg, "block_rows", 0), max_rows=max_rows,
+                           num_workers=getattr(data_cfg, "num_workers", 0))
+        for split in ef.splits
+    }
+    meta = DataMeta(path=str(ef.path), layout=ef.layout, n_tokens=ef.n_tokens, cont_dim=ef.cont_dim,
+                    globals_dim=ef.globals_dim, n_token_types=ef.n_token_types, n_classes=ef.n_classes,
+                    cont_features=ef.cont_features, globals_features=ef.globals_features,
+                    token_types=ef.token_types, label_names=ef.label_names,
+                    split_sizes={s: loader.num_rows for s, loader in loaders.items()},
+                    normalization=normalization)
+    return loaders, meta

@@ -1,0 +1,51 @@
+"""The ThesisLibError family: every error the library raises on bad input names what and where."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ThesisLibError",
+    "ConfigError",
+    "DataError",
+    "ModelError",
+    "FactsError",
+    "SchemaVersionError",
+    "NoValidRunsError",
+    "NonFiniteLossError",
+    "CheckpointError",
+]
+
+
+class ThesisLibError(Exception):
+    """Base class: catch this to handle any error thesis-lib raises on purpose."""
+
+
+class ConfigError(ThesisLibError, ValueError):
+    """A config key, value or type is wrong; the message names the key and the allowed values."""
+
+
+class DataError(ThesisLibError, ValueError):
+    """An event file, dataset or array does not match the expected layout."""
+
+
+class ModelError(ThesisLibError, ValueError):
+    """A model cannot be built from its config (e.g. a freeze name that matches no submodule)."""
+
+
+class FactsError(ThesisLibError):
+    """A run directory's facts cannot be written or read."""
+
+
+class SchemaVersionError(FactsError):
+    """The facts were written by a newer schema than this version of thesis-lib reads."""
+
+
+class NoValidRunsError(FactsError):
+    """No candidate run directory could be loaded; the message lists every candidate and why."""
+
+
+class NonFiniteLossError(ThesisLibError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class CheckpointError(ThesisLibError):
+    """A checkpoint is missing, unreadable or does not match the run it should resume."""

@@ -1,0 +1,42 @@
+"""The run-directory contract: the facts schema, RunWriter, and the readers reports use.
+
+Training emits facts through `RunWriter`; reports read them back with `load_runs`; nothing
+else couples the two.
+"""
+
+from .env import collect_env
+from .reader import discover_runs, load_runs, read_config, read_events, read_scalars, run_status
+from .run_dir import atomic_open, atomic_write_bytes, atomic_write_text, create_run_dir, sanitize_run_name
+from .schema import (
+    BASE_SCALAR_COLUMNS,
+    MOMENTS,
+    SCHEMA_VERSION,
+    STATUSES,
+    TAIL_SCALAR_COLUMNS,
+    config_hash,
+    scalar_columns,
+)
+from .writer import RunWriter
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MOMENTS",
+    "STATUSES",
+    "BASE_SCALAR_COLUMNS",
+    "TAIL_SCALAR_COLUMNS",
+    "scalar_columns",
+    "config_hash",
+    "create_run_dir",
+    "sanitize_run_name",
+    "atomic_open",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "collect_env",
+    "RunWriter",
+    "discover_runs",
+    "read_events",
+    "read_scalars",
+    "read_config",
+    "run_status",
+    "load_runs",
+]

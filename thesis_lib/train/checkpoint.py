@@ -1,0 +1,77 @@
+"""Checkpoints written atomically, and the RNG state a resumed run needs to continue exactly."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..facts.run_dir import atomic_open
+
+__all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "resolve_last_checkpoint"]
+
+
+def save_checkpoint(path: Path, payload: dict) -> Path:
+    """torch.save `payload` atomically: a run killed mid-write leaves the previous checkpoint whole."""
+    with atomic_open(path) as handle:
+        torch.save(payload, handle)
+    return Path(path)
+
+
+def load_checkpoint(path: Path, *, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by `save_checkpoint` (tensors and plain data only: weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} could not be read: {type(exc).__name__}: {exc}") from exc
+
+
+def resolve_last_checkpoint(resume_from: str | Path) -> Path:
+    """Accept a run directory or a path to its last.pt."""
+    path = Path(resume_from)
+    if path.is_dir():
+        path = path / "last.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"trainer.resume_from={str(resume_from)!r}: no last.pt there "
+            "(give a run directory that finished at least one epoch, or its last.pt)"
+        )
+    return path
+
+
+def capture_rng_state() -> dict:
+    """Every generator the loop draws from, in a form torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    state = {
+        "python": _to_lists(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    """Inverse of capture_rng_state."""
+    random.setstate(_to_tuples(state["python"]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(value: Any) -> Any:
+    return [_to_lists(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value

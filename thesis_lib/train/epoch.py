@@ -1,0 +1,159 @@
+"""The hot path: one training epoch and one evaluation pass.
+
+The step does no I/O and reads nothing back to the host: metrics accumulate on the device and
+are read every `sync_every` steps (a per-step `.item()` cost +16 % on a 3 ms H100 step).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import NonFiniteLossError
+from .optim import Precision
+
+__all__ = ["MetricAccumulator", "EpochStats", "run_train_epoch", "evaluate"]
+
+Batch = Mapping[str, torch.Tensor]
+
+
+class MetricAccumulator:
+    """Batch-size-weighted sums of 0-dim metric tensors, kept on the device until `read()`."""
+
+    def __init__(self, names: Sequence[str], device: torch.device):
+        self.names = tuple(names)
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sums = torch.zeros(len(self.names), dtype=dtype, device=device)
+        self.count = 0
+
+    def add(self, values: Mapping[str, torch.Tensor], n: int) -> None:
+        stacked = torch.stack([values[name].detach().to(self.sums.dtype) for name in self.names])
+        self.sums.add_(stacked, alpha=n)
+        self.count += n
+
+    def read(self) -> dict[str, float]:
+        """Means since the start. Note: this is a device-to-host sync point."""
+        means = (self.sums / max(self.count, 1)).tolist()
+        return dict(zip(self.names, means))
+
+
+@dataclass
+class EpochStats:
+    metrics: dict[str, float]
+    samples: int
+    steps: int
+    seconds: float
+    grad_norm: Optional[float] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _to_device(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+    # A no-op for device-resident splits; non_blocking overlaps the copy for streamed ones.
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+def _check_finite(metrics: Mapping[str, float], where: str) -> None:
+    loss = metrics.get("loss", float("nan"))
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"loss became {loss} {where}")
+
+
+def run_train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    *,
+    device: torch.device,
+    names: Sequence[str],
+    grad_accum_steps: int = 1,
+    grad_clip: float = 0.0,
+    sync_every: int = 50,
+    max_steps: int = 0,
+    epoch: int = 0,
+    on_sync: Optional[Callable[[int, dict[str, float]], None]] = None,
+) -> EpochStats:
+    """Train for one pass over `batches`; returns the epoch's mean metrics.
+
+    Raises:
+        NonFiniteLossError: the running loss read at a sync point is NaN or infinite.
+    """
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    metrics = MetricAccumulator(("loss", *names), device)
+    grad_norm_sum = torch.zeros((), dtype=metrics.sums.dtype, device=device)
+    optimizer_steps = 0
+    pending = 0  # micro-batches whose gradients are not yet applied
+    start = time.perf_counter()
+    for index, batch in enumerate(batches):
+        if max_steps and index >= max_steps:
+            break
+        batch = _to_device(batch, device)
+        with precision.autocast():
+            values = model.loss_and_metrics(batch)
+        loss = values["loss"]
+        precision.scaler.scale(loss / grad_accum_steps if grad_accum_steps > 1 else loss).backward()
+        pending += 1
+        if pending == grad_accum_steps:
+            grad_norm_sum += _optimizer_step(optimizer, precision, params, grad_clip)
+            optimizer_steps += 1
+            pending = 0
+        metrics.add(values, batch["labels"].shape[0])
+        if (index + 1) % sync_every == 0:
+            running = metrics.read()  # sync point, once every `sync_every` steps
+            _check_finite(running, f"in epoch {epoch} by step {index + 1}")
+            if on_sync is not None:
+                on_sync(index + 1, running)
+    if pending:
+        # Apply the last partial accumulation so every sample of the epoch counts.
+        grad_norm_sum += _optimizer_step(optimizer, precision, params, grad_clip)
+        optimizer_steps += 1
+    means = metrics.read()  # sync point: epoch end
+    seconds = time.perf_counter() - start
+    _check_finite(means, f"in epoch {epoch}")
+    grad_norm = float(grad_norm_sum) / optimizer_steps if optimizer_steps else None
+    return EpochStats(means, metrics.count, optimizer_steps, seconds, grad_norm)
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, precision: Precision, params: list, grad_clip: float) -> torch.Tensor:
+    """Unscale, clip (or just measure) the gradient norm, step, zero; returns the norm as a device tensor."""
+    precision.scaler.unscale_(optimizer)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grad_clip > 0:
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
+    else:
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+    precision.scaler.step(optimizer)
+    precision.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.detach().to(torch.float64 if norm.device.type != "mps" else torch.float32)
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    precision: Precision,
+    *,
+    device: torch.device,
+    names: Sequence[str],
+) -> EpochStats:
+    """Mean loss and metrics over `batches` in eval mode; one host sync at the end."""
+    model.eval()
+    metrics = MetricAccumulator(("loss", *names), device)
+    start = time.perf_counter()
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with precision.autocast():
+            values = model.loss_and_metrics(batch)
+        metrics.add(values, batch["labels"].shape[0])
+    means = metrics.read()  # sync point: end of evaluation
+    return EpochStats(means, metrics.count, 0, time.perf_counter() - start)

@@ -1,0 +1,359 @@
+"""`train(config) -> RunResult`: the one training loop, from config to a complete run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from ..config import Config, flatten_dict, load_config
+from ..data import make_loaders
+from ..errors import CheckpointError, NonFiniteLossError
+from ..facts import RunWriter, collect_env, config_hash, create_run_dir, scalar_columns
+from ..facts.run_dir import atomic_write_text
+from ..models import build_model, count_parameters
+from .artifacts import TrainingHistory, write_model_info
+from .checkpoint import capture_rng_state, load_checkpoint, resolve_last_checkpoint, restore_rng_state, save_checkpoint
+from .early_stopping import EarlyStopping
+from .epoch import EpochStats, evaluate, run_train_epoch
+from .optim import Precision, build_optimizer, build_scheduler, resolve_device
+from .output_capture import capture_output
+
+__all__ = ["train", "RunResult", "seed_everything"]
+
+# Config sections a resumed run must share with the run it continues; epochs, patience and
+# logging may change (that is what resuming is for).
+_RESUME_MUST_MATCH = ("data", "model", "optim", "trainer.seed", "trainer.precision", "trainer.grad_accum_steps")
+
+
+@dataclass
+class RunResult:
+    """What `train` returns; everything in it is also in the run directory."""
+
+    run_dir: Path
+    run_id: str
+    status: str
+    stop_reason: str
+    best_epoch: Optional[int]
+    best_val_loss: Optional[float]
+    test_metrics: dict = field(default_factory=dict)
+    epochs_completed: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: Union[Config, Mapping, str, Path, None] = None, overrides: Union[Sequence[str], Mapping, None] = None) -> RunResult:
+    """Train a model and leave a complete run directory at `<output_root>/runs/<run_id>/`.
+
+    Args:
+        config: a Config, a nested dict, a YAML path, or None for the defaults.
+        overrides: dotted `key=value` strings or a dict applied on top of `config`.
+
+    Returns:
+        RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
+        epoch and validation loss, and the test metrics of the best weights.
+
+    Raises:
+        ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
+        Any unexpected exception during training is recorded (on_exception, status FAILED,
+        checkpoints kept) and then re-raised. A NaN/inf loss does not raise: the run ends FAILED.
+    """
+    cfg = load_config(config, overrides)
+    resume_state = None
+    if cfg.trainer.resume_from:
+        last_path = resolve_last_checkpoint(cfg.trainer.resume_from)
+        resume_state = load_checkpoint(last_path)
+        _check_resume_compatible(cfg, resume_state, last_path)
+    run = _TrainingRun(cfg, resume_state)
+    run.setup()
+    if resume_state is not None:
+        run_dir, run_id = last_path.parent, resume_state["run_id"]
+    else:
+        run_dir, run_id = create_run_dir(cfg.output_root, cfg.run_name)
+    with capture_output(run_dir / "logs" / "stdout.log"):
+        return run.execute(run_dir, run_id)
+
+
+def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:
+    now, then = flatten_dict(cfg.to_dict()), flatten_dict(state["config"])
+    differing = sorted(
+        key
+        for key in set(now) | set(then)
+        if any(key == p or key.startswith(p + ".") for p in _RESUME_MUST_MATCH) and now.get(key) != then.get(key)
+    )
+    if differing:
+        details = ", ".join(f"{k}: {then.get(k)!r} -> {now.get(k)!r}" for k in differing)
+        raise CheckpointError(f"cannot resume from {path}: the config differs from the run's in {details}")
+
+
+class _TrainingRun:
+    """One run's state: built in `setup` (no files written), run in `execute`."""
+
+    def __init__(self, cfg: Config, resume_state: Optional[dict]):
+        self.cfg = cfg
+        self.resume_state = resume_state
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = resolve_device(cfg.trainer.device)
+        seed_everything(cfg.trainer.seed)
+        self.loaders, self.meta = make_loaders(cfg.data, device=self.device, seed=cfg.trainer.seed)
+        self.model = build_model(cfg.model, self.meta).to(self.device)
+        self.names = tuple(self.model.scalar_names)
+        self.params = count_parameters(self.model)
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters(), self.device)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer)
+        self.precision = Precision(cfg.trainer.precision, self.device)
+        self.early = EarlyStopping(cfg.trainer.early_stopping_patience, cfg.trainer.early_stopping_min_delta)
+        self.history = TrainingHistory()
+        self.start_epoch, self.global_step, self.samples_total, self.elapsed_before = 0, 0, 0, 0.0
+        self.best_epoch: Optional[int] = None
+        self.best_val_loss = math.inf
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.history = TrainingHistory.from_dict(state["history"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["step"])
+        self.samples_total = int(state["samples"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.best_epoch = state["best_epoch"]
+        self.best_val_loss = float(state["best_val_loss"])
+        # Last: everything above may have drawn random numbers while being built.
+        restore_rng_state(state["rng"])
+
+    def execute(self, run_dir: Path, run_id: str) -> RunResult:
+        cfg = self.cfg
+        self.run_dir, self.run_id = run_dir, run_id
+        started = self._origin = time.time() - self.elapsed_before
+        writer = RunWriter(run_dir, run_id, scalar_columns(self.names), start_time=started)
+        with writer:
+            config_dict = cfg.to_dict()
+            writer.write_config(config_dict)
+            writer.write_env(collect_env())
+            atomic_write_text(run_dir / "data_meta.json", json.dumps(self.meta.to_dict(), indent=2))
+            writer.event(
+                "on_start",
+                config_hash=config_hash(config_dict),
+                params=self.params,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                resumed_from_epoch=self.start_epoch if self.resume_state is not None else None,
+                scalar_columns=list(scalar_columns(self.names)),
+                device=str(self.device),
+                data_mode=self.loaders["train"].mode,
+                split_sizes=self.meta.split_sizes,
+            )
+            self._print_header()
+            status, reason, error = self._fit(writer)
+            total_time = time.time() - started
+            test_metrics = self._finish(writer, status, reason, error, total_time)
+        result = RunResult(
+            run_dir=run_dir,
+            run_id=run_id,
+            status=status,
+            stop_reason=reason,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            test_metrics=test_metrics,
+            epochs_completed=len(self.history.epochs),
+        )
+        print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
+        if error is not None:
+            raise error
+        return result
+
+    def _print_header(self) -> None:
+        p = self.params
+        pct = 100.0 * p["trainable"] / max(p["total"], 1)
+        resumed = f", resumed after epoch {self.start_epoch}" if self.resume_state is not None else ""
+        print(
+            f"[{self.run_id}] {self.cfg.model.task} {self.cfg.model.encoder}/{self.cfg.model.bottleneck} on {self.device}"
+            f" ({self.cfg.trainer.precision}), {p['trainable']:,}/{p['total']:,} trainable params ({pct:.1f} %),"
+            f" data {self.loaders['train'].mode} {self.meta.split_sizes}{resumed}\n  run directory: {self.run_dir}"
+        )
+
+    def _fit(self, writer: RunWriter) -> tuple[str, str, Optional[BaseException]]:
+        """The epoch loop; returns (status, stop_reason, unexpected error to re-raise or None)."""
+        cfg = self.cfg
+        try:
+            for epoch in range(self.start_epoch, cfg.trainer.epochs):
+                stop = self._run_epoch(writer, epoch)
+                if stop:
+                    return "STOPPED", "early_stopping", None
+            return "COMPLETED", "max_epochs", None
+        except KeyboardInterrupt:
+            print(f"[{self.run_id}] interrupted: writing facts and checkpoints")
+            return "STOPPED", "interrupted", None
+        except NonFiniteLossError as exc:
+            self._record_exception(writer, exc)
+            return "FAILED", "non_finite_loss", None
+        except Exception as exc:
+            self._record_exception(writer, exc)
+            return "FAILED", f"exception: {type(exc).__name__}", exc
+
+    def _run_epoch(self, writer: RunWriter, epoch: int) -> bool:
+        cfg, run_id = self.cfg, self.run_id
+        train_loader = self.loaders["train"]
+        train_loader.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        print_every = cfg.logging.print_every_n_steps
+        last_print = [0]
+
+        def on_sync(step: int, running: dict[str, float]) -> None:
+            if print_every and step - last_print[0] >= print_every:
+                last_print[0] = step
+                print(f"[{run_id}] epoch {epoch + 1} step {step}/{len(train_loader)} loss {running['loss']:.4f}")
+
+        train_stats = run_train_epoch(
+            self.model,
+            train_loader,
+            self.optimizer,
+            self.precision,
+            device=self.device,
+            names=self.names,
+            grad_accum_steps=cfg.trainer.grad_accum_steps,
+            grad_clip=cfg.optim.grad_clip,
+            sync_every=cfg.trainer.sync_every_n_steps,
+            max_steps=cfg.trainer.max_steps_per_epoch,
+            epoch=epoch,
+            on_sync=on_sync,
+        )
+        val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names)
+        val_loss = val_stats.metrics["loss"]
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
+        self.global_step += train_stats.steps
+        self.samples_total += train_stats.samples
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+            save_checkpoint(self.run_dir / "best_val.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        stop = self.early.step(val_loss)
+        self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats)
+        self._save_last(epoch + 1)
+        print(
+            f"[{run_id}] epoch {epoch + 1:>3}/{cfg.trainer.epochs}  train {train_stats.metrics['loss']:.4f}"
+            f"  val {val_loss:.4f}{'*' if improved else ' '}  lr {lr:.2e}"
+            f"  {train_stats.throughput:,.0f} samples/s  {train_stats.seconds + val_stats.seconds:.1f}s"
+        )
+        return stop
+
+    def _write_epoch_facts(self, writer: RunWriter, epoch: int, lr: float, train_stats: EpochStats, val_stats: EpochStats) -> None:
+        epoch_time = train_stats.seconds + val_stats.seconds
+        t = time.time() - self._origin
+        common = {"epoch": epoch, "step": self.global_step, "t": t, "lr": lr, "epoch_time_s": epoch_time}
+        writer.scalars({**common, **train_stats.metrics, "split": "train", "grad_norm": train_stats.grad_norm,
+                        "samples": train_stats.samples, "throughput": train_stats.throughput})
+        writer.scalars({**common, **val_stats.metrics, "split": "val", "samples": val_stats.samples,
+                        "throughput": val_stats.throughput})
+        writer.event(
+            "on_epoch_end",
+            epoch=epoch,
+            step=self.global_step,
+            train=train_stats.metrics,
+            val=val_stats.metrics,
+            lr=lr,
+            grad_norm=train_stats.grad_norm,
+            epoch_time_s=epoch_time,
+            samples=train_stats.samples,
+            throughput=train_stats.throughput,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss,
+        )
+        writer.flush()
+        self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
+
+    def _save_last(self, epochs_done: int) -> None:
+        save_checkpoint(
+            self.run_dir / "last.pt",
+            {
+                "run_id": self.run_id,
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.precision.scaler.state_dict(),
+                "early_stopping": self.early.state_dict(),
+                "history": self.history.to_dict(),
+                "epoch": epochs_done,
+                "step": self.global_step,
+                "samples": self.samples_total,
+                "elapsed_s": time.time() - self._origin,
+                "best_epoch": self.best_epoch,
+                "best_val_loss": self.best_val_loss,
+                "rng": capture_rng_state(),
+            },
+        )
+
+    def _record_exception(self, writer: RunWriter, exc: BaseException) -> None:
+        tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-8:])
+        writer.event("on_exception", error_type=type(exc).__name__, message=str(exc), traceback=tail)
+        print(f"[{self.run_id}] {type(exc).__name__}: {exc}")
+
+    def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float) -> dict:
+        """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
+        best_path = self.run_dir / "best_val.pt"
+        if best_path.is_file():
+            best = load_checkpoint(best_path)
+            save_checkpoint(self.run_dir / "model.pt", best["model"])
+        writer.event(
+            "on_train_end",
+            status=status,
+            stop_reason=reason,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            epochs_completed=len(self.history.epochs),
+            steps=self.global_step,
+            samples=self.samples_total,
+            total_time_s=total_time,
+        )
+        writer.flush()
+        test_metrics: dict = {}
+        if self.cfg.trainer.test and error is None and best_path.is_file() and "test" in self.loaders:
+            self.model.load_state_dict(best["model"])
+            stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names)
+            test_metrics = stats.metrics
+            writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples)
+            print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
+        self.history.write(self.run_dir / "training_history.json")
+        write_model_info(
+            self.run_dir / "model_info.json",
+            model=self.model,
+            cfg=self.cfg,
+            meta=self.meta,
+            run_id=self.run_id,
+            status=status,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            test_metrics=test_metrics,
+        )
+        return test_metrics
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
