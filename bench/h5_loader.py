@@ -61,6 +61,17 @@ class PerSampleH5(Dataset):
                 "labels": torch.tensor(int(g["labels"][i]))}
 
 
+def cpu_name() -> str:
+    """The CPU model: platform.processor() is empty on many Linux machines, /proc/cpuinfo is not."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def epoch_seconds(batches) -> tuple[float, int]:
     """Wall time to draw every batch, and the rows seen."""
     start, rows = time.perf_counter(), 0
@@ -128,7 +139,7 @@ def main() -> None:
             times["D numpy"].append(numpy_epoch(arrays, args.batch_size, r))
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"\nmachine: {cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"h5py {h5py.__version__}; medians over {args.repeats} interleaved repeats")
     print(f"{'reader':<14} {'epoch s':>9} {'rows/s':>12}")
     for k, s in med.items():

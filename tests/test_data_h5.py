@@ -30,7 +30,8 @@ def test_round_trip_keeps_values_attrs_and_chunking(tmp_path, splits):
     path = write_events(tmp_path / "ev.h5", splits, token_types=("pad", "jet", "bjet", "muon"),
                         label_names=("a", "b", "c"), chunk_rows=16)
     ef = EventFile(path)
-    assert (ef.layout, ef.splits, ef.n_tokens, ef.cont_dim, ef.globals_dim) == ("tokens", ("train", "val", "test"), 5, 4, 2)
+    assert ef.layout == "tokens" and ef.splits == ("train", "val", "test")
+    assert (ef.n_tokens, ef.cont_dim, ef.globals_dim) == (5, 4, 2)
     assert (ef.n_token_types, ef.n_classes) == (4, 3)
     assert ef.cont_features == ("E", "pT", "eta", "phi") and ef.globals_features == ("MET", "MET_phi")
     assert ef.label_names == ("a", "b", "c") and ef.token_types[0] == "pad"
@@ -64,7 +65,8 @@ def test_writer_names_split_dataset_expected_and_found_shape(tmp_path, splits):
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update(labels=np.zeros(39, np.int64)), r"'labels' has shape \[39\]; expected \[N\] with N=40"),
     (lambda s: s.update(globals=np.zeros((40, 3), np.float32)), r"'globals' has shape \[40, 3\]; expected \[N, G\]"),
-    (lambda s: s.update(tokens_id=s["tokens_id"].astype(np.float32)), r"'tokens_id' has dtype float32; expected an integer"),
+    (lambda s: s.update(tokens_id=s["tokens_id"].astype(np.float32)),
+     r"'tokens_id' has dtype float32; expected an integer"),
     (lambda s: s.pop("globals"), r"missing \['globals'\]"),
     (lambda s: s["tokens_cont"].__setitem__((0, 0, 0), np.nan), r"'tokens_cont' holds 1 non-finite values"),
     (lambda s: s["labels"].__setitem__(0, -1), r"'labels' holds negative value -1"),
@@ -132,7 +134,8 @@ def test_row_count_mismatch_within_a_split(tmp_path, splits):
     with h5py.File(path, "a") as f:
         del f["test/labels"]
         f["test/labels"] = np.zeros(8, np.int64)
-    with pytest.raises(DataError, match=r"/test/labels has shape \[8\]; expected \[N\] with N=9 \(from /test/tokens_id\)"):
+    with pytest.raises(DataError, match=r"/test/labels has shape \[8\]; expected \[N\] with N=9 "
+                                        r"\(from /test/tokens_id\)"):
         EventFile(path)
 
 

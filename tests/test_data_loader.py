@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from thesis_lib.data import DataMeta, EventFile, EventLoader, Normalization, compute_normalization, make_loaders
+from thesis_lib.data import DataMeta, EventLoader, Normalization, compute_normalization, make_loaders
 from thesis_lib.data import write_events
 from thesis_lib.errors import ConfigError, DataError
 
@@ -130,9 +130,11 @@ def test_order_is_a_function_of_seed_and_epoch(event_path, mode):
 
 
 def test_stream_batches_are_full_until_the_last_and_drop_last(event_path):
-    loader = EventLoader(event_path, "train", batch_size=40, shuffle=True, mode="stream", block_rows=48, buffer_blocks=1)
+    loader = EventLoader(event_path, "train", batch_size=40, shuffle=True, mode="stream", block_rows=48,
+                         buffer_blocks=1)
     assert [len(b) for b in labels_of(loader)] == [40] * 7 + [20]
-    dropped = EventLoader(event_path, "train", batch_size=40, shuffle=True, mode="stream", block_rows=48, drop_last=True)
+    dropped = EventLoader(event_path, "train", batch_size=40, shuffle=True, mode="stream", block_rows=48,
+                          drop_last=True)
     assert len(dropped) == 7 and [len(b) for b in labels_of(dropped)] == [40] * 7
 
 
@@ -210,3 +212,10 @@ def test_device_mode_keeps_the_split_on_the_gpu(event_path):
     streamed = EventLoader(event_path, "train", batch_size=64, shuffle=True, device="cuda", mode="stream")
     assert all(b["tokens_cont"].is_cuda for b in streamed)
     assert EventLoader(event_path, "train", batch_size=64, device="cuda", device_budget_mb=0.001).mode == "memory"
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_an_empty_split_yields_no_batches(tmp_path, mode):
+    path = write_events(tmp_path / "ev.h5", {"train": make_split(10), "val": make_split(0)})
+    loader = EventLoader(path, "val", batch_size=4, shuffle=True, mode=mode)
+    assert loader.num_rows == 0 and len(loader) == 0 and list(loader) == []

@@ -131,8 +131,9 @@ def write_events(
                 group = f.create_group(split)
                 rows = max(1, min(int(chunk_rows), len(data["labels"])))
                 for name, array in data.items():
+                    # maxshape unlimited along N: lets an empty split keep a 1-row chunk
                     group.create_dataset(name, data=array, chunks=(rows,) + array.shape[1:],
-                                         compression=compression)
+                                         maxshape=(None,) + array.shape[1:], compression=compression)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -203,12 +204,21 @@ class EventFile:
         self._max_label: int | None = None
         self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
         f = self._handle()
+        try:
+            self._inspect(f, tuple(legacy_cont_features), tuple(legacy_globals_features))
+        except BaseException:
+            self.close()
+            raise
+
+    def _inspect(self, f: h5py.File, legacy_cont_features: tuple[str, ...],
+                 legacy_globals_features: tuple[str, ...]) -> None:
+        """Detect the layout and check it."""
         if any(s in f for s in SPLITS) or "layout_version" in f.attrs:
             self.layout = "tokens"
             self._inspect_tokens(f)
         elif any(f"X_{s}" in f for s in SPLITS):
             self.layout = "legacy"
-            self._inspect_legacy(f, tuple(legacy_cont_features), tuple(legacy_globals_features))
+            self._inspect_legacy(f, legacy_cont_features, legacy_globals_features)
         else:
             raise DataError(f"{self.path}: no known event layout; expected root attribute layout_version "
                             f"with groups /train, /val, /test (layout {LAYOUT_VERSION}) or legacy datasets "
@@ -396,8 +406,10 @@ class EventFile:
     def empty_block(self, rows: int) -> dict[str, np.ndarray]:
         """Uninitialised arrays for `rows` decoded rows, in read_block's shapes and dtypes."""
         t = self.n_tokens
-        return {"tokens_id": np.empty((rows, t), np.int64), "tokens_cont": np.empty((rows, t, self.cont_dim), np.float32),
-                "globals": np.empty((rows, self.globals_dim), np.float32), "labels": np.empty(rows, np.int64)}
+        return {"tokens_id": np.empty((rows, t), np.int64),
+                "tokens_cont": np.empty((rows, t, self.cont_dim), np.float32),
+                "globals": np.empty((rows, self.globals_dim), np.float32),
+                "labels": np.empty(rows, np.int64)}
 
     def read_block(self, split: str, start: int, stop: int,
                    out: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:

@@ -64,7 +64,8 @@ class Normalization:
             scale, shift = self._affine(part)
             torch.addcmul(shift, x, scale, out=x)
         # masked_fill rather than a multiply: padding that held NaN becomes 0 too.
-        torch.from_numpy(block["tokens_cont"]).masked_fill_(torch.from_numpy(block["tokens_id"] == 0).unsqueeze(-1), 0.0)
+        padding = torch.from_numpy(block["tokens_id"] == 0).unsqueeze(-1)
+        torch.from_numpy(block["tokens_cont"]).masked_fill_(padding, 0.0)
         return block
 
     def _affine(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,6 +183,8 @@ class _BlockStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         mine = self.worker_blocks(worker, num_workers)
+        if len(mine) == 0:
+            return
         rng = np.random.default_rng(_seed_words(self.seed, self.epoch, 1 + worker))
         bs, carry = self.batch_size, None
         # Shuffled batches are gathered copies, so one buffer can be refilled for every group

@@ -90,7 +90,7 @@ def run_train_epoch(
     params = [p for p in model.parameters() if p.requires_grad]
     metrics = MetricAccumulator(("loss", *names), device)
     grad_norm_sum = torch.zeros((), dtype=metrics.sums.dtype, device=device)
-    optimizer_steps = 0
+    optimizer_steps = norms_measured = 0
     pending = 0  # micro-batches whose gradients are not yet applied
     start = time.perf_counter()
     for index, batch in enumerate(batches):
@@ -103,7 +103,13 @@ def run_train_epoch(
         precision.scaler.scale(loss / grad_accum_steps if grad_accum_steps > 1 else loss).backward()
         pending += 1
         if pending == grad_accum_steps:
-            grad_norm_sum += _optimizer_step(optimizer, precision, params, grad_clip)
+            # Without clipping the norm is only a diagnostic: sample it on the first step and at
+            # sync points instead of paying an extra pass over every gradient each step.
+            measure = grad_clip > 0 or optimizer_steps % sync_every == 0
+            norm = _optimizer_step(optimizer, precision, params, grad_clip, measure)
+            if norm is not None:
+                grad_norm_sum += norm
+                norms_measured += 1
             optimizer_steps += 1
             pending = 0
         metrics.add(values, batch["labels"].shape[0])
@@ -114,27 +120,32 @@ def run_train_epoch(
                 on_sync(index + 1, running)
     if pending:
         # Apply the last partial accumulation so every sample of the epoch counts.
-        grad_norm_sum += _optimizer_step(optimizer, precision, params, grad_clip)
+        norm = _optimizer_step(optimizer, precision, params, grad_clip, measure=grad_clip > 0 or norms_measured == 0)
+        if norm is not None:
+            grad_norm_sum += norm
+            norms_measured += 1
         optimizer_steps += 1
     means = metrics.read()  # sync point: epoch end
     seconds = time.perf_counter() - start
     _check_finite(means, f"in epoch {epoch}")
-    grad_norm = float(grad_norm_sum) / optimizer_steps if optimizer_steps else None
+    grad_norm = float(grad_norm_sum) / norms_measured if norms_measured else None
     return EpochStats(means, metrics.count, optimizer_steps, seconds, grad_norm)
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, precision: Precision, params: list, grad_clip: float) -> torch.Tensor:
-    """Unscale, clip (or just measure) the gradient norm, step, zero; returns the norm as a device tensor."""
+def _optimizer_step(optimizer: torch.optim.Optimizer, precision: Precision, params: list, grad_clip: float,
+                    measure: bool) -> Optional[torch.Tensor]:
+    """Unscale, clip, step, zero; returns the gradient norm (a device tensor) when clipping or `measure`."""
     precision.scaler.unscale_(optimizer)
-    grads = [p.grad for p in params if p.grad is not None]
+    norm = None
     if grad_clip > 0:
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip, foreach=True)
-    else:
-        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+    elif measure:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else None
     precision.scaler.step(optimizer)
     precision.scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    return norm.detach().to(torch.float64 if norm.device.type != "mps" else torch.float32)
+    return None if norm is None else norm.detach()
 
 
 @torch.no_grad()
