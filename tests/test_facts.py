@@ -17,6 +17,7 @@ import yaml
 
 from thesis_lib.errors import FactsError, NoValidRunsError, SchemaVersionError
 from thesis_lib.facts import (
+    TAIL_SCALAR_COLUMNS,
     RunWriter,
     atomic_open,
     atomic_write_text,
@@ -307,7 +308,8 @@ def test_reopening_repairs_a_torn_tail_before_appending(tmp_path):
         RunWriter(run_dir, run_dir.name, COLUMNS).close()
     scalars_lines = (run_dir / "facts" / "scalars.csv").read_text().split("\n")
     assert len(scalars_lines) == 1 + 6 + 1 and scalars_lines[-1] == ""
-    assert re.fullmatch(r"2,val,30,[0-9.]+,0\.7,0\.35,12\.0,,,,,", scalars_lines[-2])
+    empty_tail = "," * len(TAIL_SCALAR_COLUMNS)  # the row gave none of the tail columns
+    assert re.fullmatch(r"2,val,30,[0-9.]+,0\.7,0\.35,12\.0" + empty_tail, scalars_lines[-2])
     assert read_events(run_dir)[-1] == {"schema_version": 1, "moment": "on_test_end", "metrics": {}}
 
 
@@ -354,7 +356,8 @@ def test_config_round_trips_in_order_and_hash_ignores_key_order(tmp_path):
     assert re.fullmatch(r"[0-9a-f]{12}", config_hash(CONFIG)) and config_hash(CONFIG) != config_hash({"a": 1})
     assert scalar_columns(["loss", "loss_vq", "metric_perplex"]) == (
         "epoch", "split", "step", "t", "loss", "loss_vq", "metric_perplex",
-        "lr", "grad_norm", "epoch_time_s", "samples", "throughput",
+        "lr", "grad_norm", "epoch_time_s", "samples", "throughput", "data_wait_frac",
+        "energy_j", "power_avg_w", "gpu_util_avg", "vram_peak_mb", "nvml_mem_peak_mb",
     )
 
 

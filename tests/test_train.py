@@ -37,6 +37,7 @@ def _config(events, tmp_path, **sections):
         "data": {"path": str(events), "batch_size": 128},
         "model": dict(TINY_MODEL),
         "trainer": {"epochs": 2, "seed": 3},
+        "report": {"enabled": False},  # rendering is tested in tests/test_train_reporting.py
     }
     for section, values in sections.items():
         if isinstance(values, dict):

@@ -7,6 +7,7 @@ from .data import make_loaders, make_synthetic_events
 from .errors import (
     CheckpointError,
     ConfigError,
+    ReportError,
     DataError,
     FactsError,
     ModelError,
@@ -17,12 +18,15 @@ from .errors import (
 )
 from .facts import RunWriter, discover_runs, load_runs
 from .models import build_model
+from .sweep import SweepResult, sweep
 from .train import RunResult, train
 
 __all__ = [
     "__version__",
     "train",
     "RunResult",
+    "sweep",
+    "SweepResult",
     "load_config",
     "Config",
     "load_runs",
@@ -40,4 +44,5 @@ __all__ = [
     "NoValidRunsError",
     "NonFiniteLossError",
     "CheckpointError",
+    "ReportError",
 ]

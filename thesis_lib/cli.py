@@ -1,4 +1,4 @@
-"""`thesis-lib train | demo | make-data | runs`: thin wrappers over the library's functions."""
+"""`thesis-lib train | demo | make-data | runs | report | sweep`: thin wrappers over the library's functions."""
 
 from __future__ import annotations
 
@@ -22,27 +22,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: synthetic data, a small sweep (identity vs VQ tokenizer), its sweep report."""
     from .data import make_synthetic_events
     from .facts import load_runs
-    from .train import train
+    from .reports import render_sweep_report
+    from .sweep import sweep
 
     data_path = Path(args.data)
     if not data_path.is_file():
         print(f"generating {args.n_events:,} synthetic events -> {data_path}")
-        make_synthetic_events(data_path, n_events=args.n_events, seed=0)
-    config = {
+        make_synthetic_events(data_path, n_events=args.n_events, seed=0, anomaly_fraction=0.05)
+    base = {
         "output_root": args.output_root,
-        "run_name": "demo",
-        "data": {"path": str(data_path)},
-        "model": {"encoder": "transformer", "bottleneck": "vq", "latent_dim": 32},
-        "trainer": {"epochs": args.epochs, "seed": 1},
+        "data": {"path": str(data_path.resolve())},
+        "model": {"encoder": "transformer", "latent_dim": 32},
+        "trainer": {"epochs": args.epochs},
     }
-    result = train(config, args.overrides)
-    runs_df, _, _ = load_runs(run_dirs=[str(result.run_dir)])
+    result = sweep(base=base, grid={"model.bottleneck": ["identity", "vq"]}, seeds=[1], name="demo",
+                   overrides=args.overrides or None)
+    runs_df, _, _ = load_runs(sweep_dir=str(result.sweep_dir))
     columns = ["status", "encoder", "tokenizer", "epochs", "best_epoch", "loss.total_best", "metric_perplex_final", "throughput_mean"]
     print(runs_df[[c for c in columns if c in runs_df.columns]].to_string(index=False))
-    print(f"run directory: {result.run_dir}")
-    return 0 if result.status in ("COMPLETED", "STOPPED") else 1
+    paths = render_sweep_report(sweep_dir=result.sweep_dir, analysis="compare_tokenizers",
+                                inference={"enabled": True, "max_samples": 2000})
+    print(f"sweep directory: {result.sweep_dir}")
+    print(f"sweep report:    {paths['html']}")
+    return 0 if result.ok else 1
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
@@ -62,6 +67,25 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report_run(args: argparse.Namespace) -> int:
+    from .errors import ReportError
+    from .reports import render_run_report, write_run_report_markdown
+
+    if args.markdown_only:
+        paths = write_run_report_markdown(args.run_dir, args.output_dir)
+    else:
+        try:
+            paths = render_run_report(args.run_dir, args.output_dir)
+        except ImportError as exc:
+            raise ReportError(
+                f"rendering the notebook report for {args.run_dir} needs {exc.name or exc}, which is not installed; "
+                "install it or pass --markdown-only"
+            ) from exc
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thesis-lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.bottleneck=vq trainer.seed=2")
     train_p.set_defaults(func=_cmd_train)
 
-    demo_p = commands.add_parser("demo", help="make synthetic events if needed and train the default autoencoder")
+    demo_p = commands.add_parser(
+        "demo", help="synthetic events, a small sweep (identity vs VQ), its run reports and sweep report"
+    )
     demo_p.add_argument("--data", default=DEMO_DATA)
     demo_p.add_argument("--n-events", type=int, default=20_000)
     demo_p.add_argument("--epochs", type=int, default=5)
@@ -89,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     runs_p.add_argument("run_dirs", nargs="*", help="run directories or globs")
     runs_p.add_argument("--sweep-dir")
     runs_p.set_defaults(func=_cmd_runs)
+
+    report_p = commands.add_parser("report", help="render reports from run directories")
+    report_kinds = report_p.add_subparsers(dest="report_kind", metavar="kind", required=True)
+    report_run_p = report_kinds.add_parser(
+        "run", help="render one run's report (report.md, report.html, telemetry.png) from its directory alone"
+    )
+    report_run_p.add_argument("run_dir", help="the run directory")
+    report_run_p.add_argument("--output-dir", help="where the report goes (default: <run_dir>/report)")
+    report_run_p.add_argument(
+        "--markdown-only", action="store_true", help="write report.md and the figures without papermill/nbconvert"
+    )
+    report_run_p.set_defaults(func=_cmd_report_run)
+
+    from .reports.sweep_report import add_report_sweep_command
+    from .sweep.runner import add_sweep_command
+
+    add_report_sweep_command(report_kinds)
+    add_sweep_command(commands)
     return parser
 
 

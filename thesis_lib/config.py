@@ -26,6 +26,8 @@ __all__ = [
     "VQConfig",
     "OptimConfig",
     "TrainerConfig",
+    "TelemetryConfig",
+    "ReportConfig",
     "LoggingConfig",
     "load_config",
     "parse_overrides",
@@ -112,6 +114,19 @@ class TrainerConfig:
 
 
 @dataclass
+class TelemetryConfig:
+    enabled: bool = True
+    # NVML refreshes its readings about every 100 ms: faster polling only repeats values.
+    interval_s: float = field(default=0.5, metadata=_at_least(0.1))
+    energy_interval_s: float = field(default=1.0, metadata=_at_least(0.1))  # the energy counter read is slow (~4 ms)
+
+
+@dataclass
+class ReportConfig:
+    enabled: bool = True  # render report/ (report.md, telemetry.png, report.html) when a run ends; fail-soft
+
+
+@dataclass
 class LoggingConfig:
     print_every_n_steps: int = field(default=0, metadata=_at_least(0))  # 0: one line per epoch
 
@@ -124,6 +139,8 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:

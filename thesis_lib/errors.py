@@ -12,6 +12,7 @@ __all__ = [
     "NoValidRunsError",
     "NonFiniteLossError",
     "CheckpointError",
+    "ReportError",
 ]
 
 
@@ -49,3 +50,7 @@ class NonFiniteLossError(ThesisLibError, FloatingPointError):
 
 class CheckpointError(ThesisLibError):
     """A checkpoint is missing, unreadable or does not match the run it should resume."""
+
+
+class ReportError(ThesisLibError):
+    """A report could not be rendered; the message names the run (or template) and the failing step."""

@@ -5,13 +5,25 @@ else couples the two.
 """
 
 from .env import collect_env
-from .reader import discover_runs, load_runs, read_config, read_events, read_scalars, run_status
+from .reader import (
+    discover_runs,
+    load_runs,
+    read_config,
+    read_events,
+    read_scalars,
+    read_steps,
+    read_telemetry,
+    run_status,
+)
 from .run_dir import atomic_open, atomic_write_bytes, atomic_write_text, create_run_dir, sanitize_run_name
 from .schema import (
     BASE_SCALAR_COLUMNS,
     MOMENTS,
     SCHEMA_VERSION,
     STATUSES,
+    STEPS_COLUMNS,
+    STEPS_FILE,
+    TELEMETRY_FILE,
     TAIL_SCALAR_COLUMNS,
     config_hash,
     scalar_columns,
@@ -22,6 +34,9 @@ __all__ = [
     "SCHEMA_VERSION",
     "MOMENTS",
     "STATUSES",
+    "STEPS_FILE",
+    "STEPS_COLUMNS",
+    "TELEMETRY_FILE",
     "BASE_SCALAR_COLUMNS",
     "TAIL_SCALAR_COLUMNS",
     "scalar_columns",
@@ -36,6 +51,8 @@ __all__ = [
     "discover_runs",
     "read_events",
     "read_scalars",
+    "read_steps",
+    "read_telemetry",
     "read_config",
     "run_status",
     "load_runs",

@@ -23,9 +23,28 @@ import pandas as pd
 import yaml
 
 from ..errors import FactsError, NoValidRunsError, SchemaVersionError
-from .schema import BASE_SCALAR_COLUMNS, CONFIG_FILE, EVENTS_FILE, SCALARS_FILE, SCHEMA_VERSION, config_hash
+from .schema import (
+    BASE_SCALAR_COLUMNS,
+    CONFIG_FILE,
+    EVENTS_FILE,
+    SCALARS_FILE,
+    SCHEMA_VERSION,
+    STEPS_COLUMNS,
+    STEPS_FILE,
+    TELEMETRY_FILE,
+    config_hash,
+)
 
-__all__ = ["discover_runs", "read_events", "read_scalars", "read_config", "run_status", "load_runs"]
+__all__ = [
+    "discover_runs",
+    "read_events",
+    "read_scalars",
+    "read_steps",
+    "read_telemetry",
+    "read_config",
+    "run_status",
+    "load_runs",
+]
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster when present
 _GLOB_CHARS = frozenset("*?[")
@@ -107,6 +126,33 @@ def read_scalars(run_dir: str | Path) -> pd.DataFrame:
     if skipped:
         warnings.warn(f"{path}: skipped {skipped} torn last line (a run interrupted mid-write)", stacklevel=2)
     return frame
+
+
+def read_steps(run_dir: str | Path) -> pd.DataFrame:
+    """facts/steps.csv (epoch, step, t, loss, lr at sync-point resolution); empty if the run has none."""
+    return _read_optional_csv(Path(run_dir) / STEPS_FILE, STEPS_COLUMNS)
+
+
+def read_telemetry(run_dir: str | Path) -> pd.DataFrame:
+    """facts/telemetry.csv (t, cpu_pct, rss_mb, gpu<i>_* columns); empty if the run has none."""
+    return _read_optional_csv(Path(run_dir) / TELEMETRY_FILE, ("t", "cpu_pct", "rss_mb"))
+
+
+def _read_optional_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    """A facts CSV that may be absent (an empty frame with `columns`) or torn at its end (skipped, warned)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return pd.DataFrame(columns=list(columns))
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        warnings.warn(f"{path}: skipped 1 torn last line (a run interrupted mid-write)", stacklevel=3)
+    if not data.strip():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        return pd.read_csv(io.BytesIO(data))
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise FactsError(f"{path} is not a readable CSV: {exc}") from None
 
 
 def read_config(run_dir: str | Path) -> dict:

@@ -22,6 +22,8 @@ __all__ = [
     "EVENTS_FILE",
     "SCALARS_FILE",
     "TELEMETRY_FILE",
+    "STEPS_FILE",
+    "STEPS_COLUMNS",
     "CONFIG_FILE",
     "ENV_FILE",
     "scalar_columns",
@@ -36,7 +38,10 @@ MOMENTS = ("on_start", "on_epoch_end", "on_train_end", "on_test_end", "on_except
 STATUSES = ("COMPLETED", "STOPPED", "FAILED", "RUNNING", "CRASHED")
 
 BASE_SCALAR_COLUMNS = ("epoch", "split", "step", "t", "loss")
-TAIL_SCALAR_COLUMNS = ("lr", "grad_norm", "epoch_time_s", "samples", "throughput")
+TAIL_SCALAR_COLUMNS = ("lr", "grad_norm", "epoch_time_s", "samples", "throughput", "data_wait_frac",
+                       # Resources per epoch; empty without a GPU. vram_peak_mb is the framework's view
+                       # (torch.cuda.max_memory_allocated), nvml_mem_peak_mb the device's (NVML).
+                       "energy_j", "power_avg_w", "gpu_util_avg", "vram_peak_mb", "nvml_mem_peak_mb")
 
 # Every event carries these; a payload may not use them as keys.
 EVENT_FIELDS = ("schema_version", "moment", "run_id", "time", "t")
@@ -45,6 +50,10 @@ EVENT_FIELDS = ("schema_version", "moment", "run_id", "time", "t")
 EVENTS_FILE = "facts/events.jsonl"
 SCALARS_FILE = "facts/scalars.csv"
 TELEMETRY_FILE = "facts/telemetry.csv"
+# The training loss at sync-point resolution (mean over the steps since the previous sync point),
+# buffered in memory during the epoch and written at its end: the step itself does no I/O.
+STEPS_FILE = "facts/steps.csv"
+STEPS_COLUMNS = ("epoch", "step", "t", "loss", "lr")
 CONFIG_FILE = "config.yaml"
 ENV_FILE = "env.json"
 

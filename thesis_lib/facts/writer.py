@@ -23,7 +23,17 @@ import yaml
 
 from ..errors import FactsError
 from .run_dir import atomic_write_text
-from .schema import CONFIG_FILE, ENV_FILE, EVENT_FIELDS, EVENTS_FILE, MOMENTS, SCALARS_FILE, SCHEMA_VERSION
+from .schema import (
+    CONFIG_FILE,
+    ENV_FILE,
+    EVENT_FIELDS,
+    EVENTS_FILE,
+    MOMENTS,
+    SCALARS_FILE,
+    SCHEMA_VERSION,
+    STEPS_COLUMNS,
+    STEPS_FILE,
+)
 
 __all__ = ["RunWriter", "to_plain"]
 
@@ -73,6 +83,7 @@ class RunWriter:
         self._row_buffer = io.StringIO()
         self._row_writer = csv.writer(self._row_buffer, lineterminator="\n")
         self._closed = False
+        self._steps = None  # facts/steps.csv, opened on the first rows
 
         self.events_path.parent.mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.events_path, complete=_is_json_object)
@@ -174,6 +185,24 @@ class RunWriter:
                 values.append("")
         self._scalars.write(self._format_row(values))
 
+    def steps(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Append sync-point rows (epoch, step, t, loss, lr) to `facts/steps.csv`, one write per row.
+
+        The loop buffers these in memory during an epoch and hands them over at its end, so the
+        training step itself never touches a file.
+        """
+        self._check_open()
+        path = self.run_dir / STEPS_FILE
+        if self._steps is None:
+            _drop_torn_tail(path, complete=None)
+            fresh = not path.exists() or path.stat().st_size == 0
+            self._steps = open(path, "a", encoding="utf-8", newline="")
+            if fresh:
+                self._steps.write(self._format_row(STEPS_COLUMNS))
+        for row in rows:
+            self._steps.write(self._format_row([_csv_value(row.get(c, ""), c) for c in STEPS_COLUMNS]))
+        self._steps.flush()
+
     def flush(self) -> None:
         """Push buffered scalar rows to the operating system (events are never buffered)."""
         if not self._closed:
@@ -186,6 +215,8 @@ class RunWriter:
         self._closed = True
         try:
             self._scalars.close()
+            if self._steps is not None:
+                self._steps.close()
         finally:
             self._events.close()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
@@ -48,7 +48,7 @@ class EpochStats:
     steps: int
     seconds: float
     grad_norm: Optional[float] = None
-    extra: dict = field(default_factory=dict)
+    data_wait_frac: Optional[float] = None
 
     @property
     def throughput(self) -> float:
@@ -79,7 +79,7 @@ def run_train_epoch(
     sync_every: int = 50,
     max_steps: int = 0,
     epoch: int = 0,
-    on_sync: Optional[Callable[[int, dict[str, float]], None]] = None,
+    on_sync: Optional[Callable[[int, dict[str, float], int], None]] = None,
 ) -> EpochStats:
     """Train for one pass over `batches`; returns the epoch's mean metrics.
 
@@ -92,10 +92,18 @@ def run_train_epoch(
     grad_norm_sum = torch.zeros((), dtype=metrics.sums.dtype, device=device)
     optimizer_steps = norms_measured = 0
     pending = 0  # micro-batches whose gradients are not yet applied
+    data_wait = 0.0  # host time spent waiting for the next batch: "input-bound" shows here
+    iterator = iter(batches)
     start = time.perf_counter()
-    for index, batch in enumerate(batches):
-        if max_steps and index >= max_steps:
+    index = -1
+    while not (max_steps and index + 1 >= max_steps):
+        fetch_start = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
             break
+        data_wait += time.perf_counter() - fetch_start
+        index += 1
         batch = _to_device(batch, device)
         with precision.autocast():
             values = model.loss_and_metrics(batch)
@@ -117,7 +125,7 @@ def run_train_epoch(
             running = metrics.read()  # sync point, once every `sync_every` steps
             _check_finite(running, f"in epoch {epoch} by step {index + 1}")
             if on_sync is not None:
-                on_sync(index + 1, running)
+                on_sync(index + 1, running, metrics.count)
     if pending:
         # Apply the last partial accumulation so every sample of the epoch counts.
         norm = _optimizer_step(optimizer, precision, params, grad_clip, measure=grad_clip > 0 or norms_measured == 0)
@@ -129,7 +137,7 @@ def run_train_epoch(
     seconds = time.perf_counter() - start
     _check_finite(means, f"in epoch {epoch}")
     grad_norm = float(grad_norm_sum) / norms_measured if norms_measured else None
-    return EpochStats(means, metrics.count, optimizer_steps, seconds, grad_norm)
+    return EpochStats(means, metrics.count, optimizer_steps, seconds, grad_norm, data_wait / seconds if seconds > 0 else 0.0)
 
 
 def _optimizer_step(optimizer: torch.optim.Optimizer, precision: Precision, params: list, grad_clip: float,

@@ -19,7 +19,7 @@ import torch
 from ..config import Config, flatten_dict, load_config
 from ..data import make_loaders
 from ..errors import CheckpointError, NonFiniteLossError
-from ..facts import RunWriter, collect_env, config_hash, create_run_dir, scalar_columns
+from ..facts import TELEMETRY_FILE, RunWriter, collect_env, config_hash, create_run_dir, scalar_columns
 from ..facts.run_dir import atomic_write_text
 from ..models import build_model, count_parameters
 from .artifacts import TrainingHistory, write_model_info
@@ -124,6 +124,9 @@ class _TrainingRun:
         self.start_epoch, self.global_step, self.samples_total, self.elapsed_before = 0, 0, 0, 0.0
         self.best_epoch: Optional[int] = None
         self.best_val_loss = math.inf
+        self.energy_total_j = 0.0
+        self.step_rows: list[dict] = []  # steps.csv rows, buffered so the step does no I/O
+        self.sampler = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
 
@@ -141,6 +144,7 @@ class _TrainingRun:
         self.elapsed_before = float(state["elapsed_s"])
         self.best_epoch = state["best_epoch"]
         self.best_val_loss = float(state["best_val_loss"])
+        self.energy_total_j = float(state.get("energy_j", 0.0))
         # Last: everything above may have drawn random numbers while being built.
         restore_rng_state(state["rng"])
 
@@ -167,9 +171,15 @@ class _TrainingRun:
                 split_sizes=self.meta.split_sizes,
             )
             self._print_header()
-            status, reason, error = self._fit(writer)
+            self.sampler = self._start_sampler(started)
+            try:
+                status, reason, error = self._fit(writer)
+            finally:
+                telemetry = self.sampler.stop() if self.sampler is not None else None
             total_time = time.time() - started
-            test_metrics = self._finish(writer, status, reason, error, total_time)
+            test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
+        if cfg.report.enabled:
+            _render_report_fail_soft(run_dir)
         result = RunResult(
             run_dir=run_dir,
             run_id=run_id,
@@ -184,6 +194,26 @@ class _TrainingRun:
         if error is not None:
             raise error
         return result
+
+    def _start_sampler(self, started: float):
+        """The telemetry thread (NVML + this process's CPU/RSS), or None when telemetry is off."""
+        if not self.cfg.telemetry.enabled:
+            return None
+        from ..telemetry import TelemetrySampler, nvml_indices_for_torch_devices
+
+        backend = _telemetry_backend(self.device)
+        devices = None  # every device of the backend: the scripted stand-in's, or none on CPU
+        if self.device.type == "cuda":
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            devices = nvml_indices_for_torch_devices([index])
+        return TelemetrySampler(
+            self.run_dir / TELEMETRY_FILE,
+            interval_s=self.cfg.telemetry.interval_s,
+            energy_interval_s=self.cfg.telemetry.energy_interval_s,
+            devices=devices,
+            backend=backend,
+            start_time=started,
+        ).start()
 
     def _print_header(self) -> None:
         p = self.params
@@ -220,12 +250,25 @@ class _TrainingRun:
         train_loader.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         print_every = cfg.logging.print_every_n_steps
+        accum = cfg.trainer.grad_accum_steps
         last_print = [0]
+        window = {"loss_sum": 0.0, "samples": 0}  # what the previous steps.csv row already covered
 
-        def on_sync(step: int, running: dict[str, float]) -> None:
-            if print_every and step - last_print[0] >= print_every:
-                last_print[0] = step
-                print(f"[{run_id}] epoch {epoch + 1} step {step}/{len(train_loader)} loss {running['loss']:.4f}")
+        def add_step_row(optimizer_step: int, mean_loss: float, samples: int) -> None:
+            total = mean_loss * samples
+            if samples > window["samples"]:
+                self.step_rows.append({"epoch": epoch, "step": optimizer_step, "t": time.time() - self._origin,
+                                       "loss": (total - window["loss_sum"]) / (samples - window["samples"]), "lr": lr})
+            window["loss_sum"], window["samples"] = total, samples
+
+        def on_sync(batch_index: int, running: dict[str, float], samples: int) -> None:
+            add_step_row(self.global_step + batch_index // accum, running["loss"], samples)
+            if print_every and batch_index - last_print[0] >= print_every:
+                last_print[0] = batch_index
+                print(f"[{run_id}] epoch {epoch + 1} step {batch_index}/{len(train_loader)} loss {running['loss']:.4f}")
+
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
 
         train_stats = run_train_epoch(
             self.model,
@@ -247,6 +290,8 @@ class _TrainingRun:
             raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
         self.global_step += train_stats.steps
         self.samples_total += train_stats.samples
+        add_step_row(self.global_step, train_stats.metrics["loss"], train_stats.samples)
+        resources = self._epoch_resources(train_stats)
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
@@ -254,7 +299,7 @@ class _TrainingRun:
         if self.scheduler is not None:
             self.scheduler.step(val_loss)
         stop = self.early.step(val_loss)
-        self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats)
+        self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats, resources)
         self._save_last(epoch + 1)
         print(
             f"[{run_id}] epoch {epoch + 1:>3}/{cfg.trainer.epochs}  train {train_stats.metrics['loss']:.4f}"
@@ -263,11 +308,27 @@ class _TrainingRun:
         )
         return stop
 
-    def _write_epoch_facts(self, writer: RunWriter, epoch: int, lr: float, train_stats: EpochStats, val_stats: EpochStats) -> None:
+    def _epoch_resources(self, train_stats: EpochStats) -> dict:
+        """The epoch's energy, power, GPU use and memory peaks (None where there is no GPU)."""
+        marked = self.sampler.mark() if self.sampler is not None else {}
+        if marked.get("energy_j") is not None:
+            self.energy_total_j += marked["energy_j"]
+        vram = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        return {
+            "data_wait_frac": train_stats.data_wait_frac,
+            "energy_j": marked.get("energy_j"),
+            "power_avg_w": marked.get("power_avg_w"),
+            "gpu_util_avg": marked.get("gpu_util_avg"),
+            "vram_peak_mb": vram,
+            "nvml_mem_peak_mb": marked.get("nvml_mem_peak_mb"),
+        }
+
+    def _write_epoch_facts(self, writer: RunWriter, epoch: int, lr: float, train_stats: EpochStats,
+                           val_stats: EpochStats, resources: dict) -> None:
         epoch_time = train_stats.seconds + val_stats.seconds
         t = time.time() - self._origin
         common = {"epoch": epoch, "step": self.global_step, "t": t, "lr": lr, "epoch_time_s": epoch_time}
-        writer.scalars({**common, **train_stats.metrics, "split": "train", "grad_norm": train_stats.grad_norm,
+        writer.scalars({**common, **train_stats.metrics, **resources, "split": "train", "grad_norm": train_stats.grad_norm,
                         "samples": train_stats.samples, "throughput": train_stats.throughput})
         writer.scalars({**common, **val_stats.metrics, "split": "val", "samples": val_stats.samples,
                         "throughput": val_stats.throughput})
@@ -284,7 +345,11 @@ class _TrainingRun:
             throughput=train_stats.throughput,
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss,
+            resources=resources,
+            energy_so_far_j=self.energy_total_j if resources["energy_j"] is not None else None,
         )
+        writer.steps(self.step_rows)
+        self.step_rows.clear()
         writer.flush()
         self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
 
@@ -306,6 +371,7 @@ class _TrainingRun:
                 "elapsed_s": time.time() - self._origin,
                 "best_epoch": self.best_epoch,
                 "best_val_loss": self.best_val_loss,
+                "energy_j": self.energy_total_j,
                 "rng": capture_rng_state(),
             },
         )
@@ -315,7 +381,8 @@ class _TrainingRun:
         writer.event("on_exception", error_type=type(exc).__name__, message=str(exc), traceback=tail)
         print(f"[{self.run_id}] {type(exc).__name__}: {exc}")
 
-    def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float) -> dict:
+    def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float,
+                telemetry: Optional[dict]) -> dict:
         """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
         best_path = self.run_dir / "best_val.pt"
         if best_path.is_file():
@@ -331,6 +398,7 @@ class _TrainingRun:
             steps=self.global_step,
             samples=self.samples_total,
             total_time_s=total_time,
+            telemetry=telemetry,
         )
         writer.flush()
         test_metrics: dict = {}
@@ -353,6 +421,31 @@ class _TrainingRun:
             test_metrics=test_metrics,
         )
         return test_metrics
+
+
+def _telemetry_backend(device: torch.device):
+    """NVML ("auto") for a CUDA run, none for a CPU run; tests swap in the scripted NVML stand-in here."""
+    return "auto" if device.type == "cuda" else None
+
+
+def _render_report_fail_soft(run_dir: Path) -> None:
+    """Render report/ for the run; a failure is printed (and so logged), never raised."""
+    try:
+        from ..reports import render_run_report
+
+        paths = render_run_report(run_dir)
+        print(f"report: {paths.get('html') or paths.get('markdown')}")
+    except ImportError as exc:
+        # Machines without papermill/nbconvert (a bare GPU image): the Markdown report alone.
+        try:
+            from ..reports import write_run_report_markdown
+
+            paths = write_run_report_markdown(run_dir)
+            print(f"report (Markdown only, {exc.name or exc} missing): {paths.get('markdown')}")
+        except Exception as inner:  # noqa: BLE001 - fail-soft by contract
+            print(f"warning: report not rendered for {run_dir}: {type(inner).__name__}: {inner}")
+    except Exception as exc:  # noqa: BLE001 - a report failure must never fail the run
+        print(f"warning: report not rendered for {run_dir}: {type(exc).__name__}: {exc}")
 
 
 def _fmt(value: Optional[float]) -> str:

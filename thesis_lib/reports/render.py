@@ -1,0 +1,201 @@
+"""Rendering reports: papermill executes a template notebook, nbconvert exports it to HTML and Markdown.
+
+The HTML embeds every image as a data URI, so the file opens offline on its own (nbconvert's
+page still names require.js and MathJax on a CDN; offline they do not load, and a run report has
+no math to typeset); the Markdown keeps images as files beside it. Both hide the code, so the report reads as a document.
+papermill and nbconvert are imported only when a notebook is rendered: on a machine without
+them `render_run_report` raises ImportError and `write_run_report_markdown` still works.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+from ..errors import FactsError, ReportError
+from ..facts.run_dir import atomic_write_bytes, atomic_write_text
+from ..facts.schema import EVENTS_FILE
+from .run_report import load_run_report
+from .telemetry_plot import write_report_figures
+
+__all__ = ["RUN_REPORT_TEMPLATE", "render_notebook", "export_notebook", "render_run_report", "write_run_report_markdown"]
+
+RUN_REPORT_TEMPLATE = Path(__file__).resolve().parents[2] / "report_templates" / "run_report.ipynb"
+# Markdown cells of a template that explain the template itself, not the run: left out of exports.
+TEMPLATE_NOTE_TAG = "template-note"
+
+
+def render_notebook(
+    template: Union[str, Path],
+    output_dir: Union[str, Path],
+    parameters: Mapping[str, Any],
+    *,
+    name: str,
+    kernel_name: str = "python3",
+    timeout: int = 600,
+) -> dict[str, Path]:
+    """Execute a template with papermill in `output_dir`, save it, and export it to HTML and Markdown.
+
+    On a failing cell, the executed notebook (papermill marks the error in it) and whatever
+    exports can still be made are written first, then ReportError is raised.
+
+    Args:
+        template: the template notebook (its parameters cell tagged "parameters").
+        output_dir: where everything goes; also the kernel's working directory.
+        parameters: values papermill injects after the parameters cell.
+        name: the stem of the exports: `<name>.html`, `<name>.md`, images in `<name>_files/`.
+        kernel_name: the Jupyter kernel to run.
+        timeout: seconds one cell may run.
+
+    Returns:
+        {"notebook": executed .ipynb (named like the template), "html": ..., "markdown": ...}.
+
+    Raises:
+        ImportError: papermill, nbformat or nbconvert is not installed.
+        ReportError: the template is missing, a cell failed, or the export failed; the message
+            names the template, the cell and its error.
+    """
+    import nbconvert  # noqa: F401  (imported before the kernel starts: a missing exporter should fail fast)
+    import papermill
+
+    template, output_dir = Path(template), Path(output_dir)
+    if not template.is_file():
+        raise ReportError(f"report template {template} does not exist")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    notebook = output_dir / template.name
+    failure: Optional[str] = None
+    try:
+        papermill.execute_notebook(
+            str(template), str(notebook), parameters=dict(parameters), cwd=str(output_dir),
+            kernel_name=kernel_name, execution_timeout=timeout, progress_bar=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        failure = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
+    except Exception as exc:  # a dead kernel, a timeout: reported the same way, with the notebook kept
+        failure = f"{type(exc).__name__}: {exc}"
+    paths = {"notebook": notebook}
+    if notebook.is_file():
+        try:
+            paths.update(export_notebook(notebook, output_dir, name=name))
+        except Exception as exc:
+            if failure is None:
+                raise ReportError(f"exporting {notebook} to HTML/Markdown failed: {type(exc).__name__}: {exc}") from exc
+    if failure is not None:
+        raise ReportError(f"{template.name} failed: {failure}; the executed notebook with the error is {notebook}")
+    return paths
+
+
+def export_notebook(notebook: Union[str, Path], output_dir: Union[str, Path], *, name: str) -> dict[str, Path]:
+    """Export an executed notebook, code hidden, to `<name>.html` (images embedded) and `<name>.md` (images beside it).
+
+    Markdown images that link to files (relative to `output_dir`) are embedded in the HTML as
+    data URIs; inline outputs (matplotlib shown in the notebook) are PNGs in the HTML already and
+    files under `<name>_files/` for the Markdown.
+
+    Args:
+        notebook: the executed notebook.
+        output_dir: where the exports go; relative image links resolve against it.
+        name: the stem of the exported files.
+
+    Returns:
+        {"html": path, "markdown": path}.
+    """
+    import nbformat
+    from nbconvert import HTMLExporter, MarkdownExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    output_dir = Path(output_dir)
+    nb = nbformat.read(str(notebook), as_version=4)
+    resources = {"metadata": {"path": str(output_dir), "name": name}, "output_files_dir": f"{name}_files"}
+    exports = {}
+    for key, exporter, suffix in (
+        ("html", HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
+                              embed_images=True), ".html"),
+        ("markdown", MarkdownExporter(exclude_input=True), ".md"),
+    ):
+        exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={TEMPLATE_NOTE_TAG}), enabled=True)
+        body, written = exporter.from_notebook_node(copy.deepcopy(nb), resources=copy.deepcopy(resources))
+        for filename, data in (written.get("outputs") or {}).items():
+            target = output_dir / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
+        exports[key] = atomic_write_text(output_dir / f"{name}{suffix}", body)
+    return exports
+
+
+def render_run_report(
+    run_dir: Union[str, Path],
+    output_dir: Union[str, Path, None] = None,
+    *,
+    template: Union[str, Path, None] = None,
+    kernel_name: str = "python3",
+    timeout: int = 600,
+) -> dict[str, Path]:
+    """Render a run's report through the run_report.ipynb template: report.md, report.html, the figures.
+
+    Needs nothing but the run directory: it renders on a machine without a GPU, from a copy of
+    the directory, as often as wanted (each render replaces the previous one).
+
+    Args:
+        run_dir: the run directory.
+        output_dir: where the report goes; defaults to `<run_dir>/report/`.
+        template: a template other than `report_templates/run_report.ipynb`.
+        kernel_name: the Jupyter kernel to execute it with.
+        timeout: seconds one cell may run.
+
+    Returns:
+        {"notebook", "html", "markdown", "telemetry", "curves"}: paths of what was written.
+
+    Raises:
+        FactsError: `run_dir` is not a run directory.
+        ImportError: papermill or nbconvert is missing (use `write_run_report_markdown` instead).
+        ReportError: a template cell or the export failed; names the run directory and the error.
+    """
+    run_dir = _check_run_dir(run_dir)
+    output_dir = Path(output_dir) if output_dir is not None else run_dir / "report"
+    parameters = {"run_dir": str(run_dir.resolve()), "output_dir": str(output_dir.resolve())}
+    try:
+        paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name="report",
+                                kernel_name=kernel_name, timeout=timeout)
+    except ReportError as exc:
+        raise ReportError(f"run report for {run_dir}: {exc}") from exc
+    for key in ("telemetry", "curves"):
+        if (output_dir / f"{key}.png").is_file():
+            paths[key] = output_dir / f"{key}.png"
+    return paths
+
+
+def write_run_report_markdown(run_dir: Union[str, Path], output_dir: Union[str, Path, None] = None) -> dict[str, Path]:
+    """Write report.md, telemetry.png and curves.png straight from the facts, without a notebook.
+
+    The same sections as the notebook report (both come from `RunReport.section`); for machines
+    without papermill/nbconvert.
+
+    Args:
+        run_dir: the run directory.
+        output_dir: defaults to `<run_dir>/report/`.
+
+    Returns:
+        {"markdown": report.md, "telemetry": telemetry.png, "curves": curves.png}.
+
+    Raises:
+        FactsError: `run_dir` is not a run directory or its facts cannot be read.
+    """
+    run_dir = _check_run_dir(run_dir)
+    output_dir = Path(output_dir) if output_dir is not None else run_dir / "report"
+    report = load_run_report(run_dir)
+    figures = write_report_figures(report, output_dir)
+    markdown = report.to_markdown({key: os.path.relpath(path, output_dir) for key, path in figures.items()})
+    return {"markdown": atomic_write_text(output_dir / "report.md", markdown), **figures}
+
+
+def _check_run_dir(run_dir: Union[str, Path]) -> Path:
+    """The run directory as a Path; FactsError naming it when it is not one."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FactsError(f"run directory {run_dir} does not exist")
+    if not (run_dir / EVENTS_FILE).is_file():
+        raise FactsError(f"{run_dir} is not a run directory: it has no {EVENTS_FILE}")
+    return run_dir

@@ -1,0 +1,268 @@
+"""One run's report as data: every section of report.md, gathered from the run directory alone.
+
+`load_run_report(run_dir)` reads the facts (events, scalars, steps, telemetry), config.yaml,
+model_info.json and the log, and computes the key metrics once; `RunReport.section(name)` turns
+one section into Markdown and `to_markdown` joins them. The notebook template and the plain
+Markdown writer both call `section`, so the two renderings cannot drift apart. The Markdown
+formatting itself lives in `sections.py`, the key metrics' sources in `run_metrics.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import pandas as pd
+
+from ..errors import FactsError
+from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
+from ..facts.schema import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE
+from .findings import find
+from .run_metrics import KeyMetrics, TelemetrySummary, gpu_indices, key_metrics, telemetry_summary
+
+__all__ = ["RunReport", "ConfigSnapshot", "load_run_report", "LOG_TAIL_LINES"]
+
+LOG_TAIL_LINES = 30
+# Per-epoch columns that describe the whole epoch: read from the train row (the loop writes them there).
+_EPOCH_COLUMNS = ("step", "t", "lr", "grad_norm", "epoch_time_s", "data_wait_frac", "energy_j", "power_avg_w",
+                  "gpu_util_avg", "vram_peak_mb", "nvml_mem_peak_mb")
+
+
+@dataclass
+class ConfigSnapshot:
+    """The settings a reader needs to place the run, taken from config.yaml."""
+
+    task: Any = None
+    encoder: Any = None
+    bottleneck: Any = None
+    decoder: Any = None
+    latent_dim: Any = None
+    precision: Any = None
+    batch_size: Any = None
+    grad_accum_steps: Any = None
+    lr: Any = None
+    optimizer: Any = None
+    weight_decay: Any = None
+    grad_clip: Any = None
+    scheduler: Any = None
+    plateau_factor: Any = None
+    plateau_patience: Any = None
+    epochs: Any = None
+    early_stopping_patience: Any = None
+    seed: Any = None
+    device: Any = None
+    data_path: Any = None
+    data_loader: Any = None
+    num_workers: Any = None
+
+    @property
+    def effective_batch(self) -> Optional[int]:
+        """Samples per optimiser step: batch size times gradient accumulation."""
+        if isinstance(self.batch_size, int) and isinstance(self.grad_accum_steps, int):
+            return self.batch_size * self.grad_accum_steps
+        return None
+
+    @classmethod
+    def from_config(cls, config: Mapping) -> "ConfigSnapshot":
+        """Pick the snapshot's settings out of a resolved config dict (missing keys stay None)."""
+        model, optim = config.get("model") or {}, config.get("optim") or {}
+        trainer, data = config.get("trainer") or {}, config.get("data") or {}
+        return cls(
+            task=model.get("task"), encoder=model.get("encoder"), bottleneck=model.get("bottleneck"),
+            decoder=model.get("decoder"), latent_dim=model.get("latent_dim"), precision=trainer.get("precision"),
+            batch_size=data.get("batch_size"), grad_accum_steps=trainer.get("grad_accum_steps"), lr=optim.get("lr"),
+            optimizer=optim.get("name"), weight_decay=optim.get("weight_decay"), grad_clip=optim.get("grad_clip"),
+            scheduler=optim.get("scheduler"), plateau_factor=optim.get("plateau_factor"),
+            plateau_patience=optim.get("plateau_patience"), epochs=trainer.get("epochs"),
+            early_stopping_patience=trainer.get("early_stopping_patience"), seed=trainer.get("seed"),
+            device=trainer.get("device"), data_path=data.get("path"), data_loader=data.get("loader"),
+            num_workers=data.get("num_workers"),
+        )
+
+
+@dataclass
+class RunReport:
+    """A run's report as data; `section(name, images)` renders one section as Markdown."""
+
+    run_dir: Path
+    run_id: str
+    status: str
+    stop_reason: Optional[str]
+    started: Optional[str]
+    duration_s: Optional[float]
+    epochs_completed: int
+    steps: Optional[int]
+    params_total: Optional[int]
+    params_trainable: Optional[int]
+    device: Optional[str]
+    metrics: KeyMetrics
+    config: ConfigSnapshot
+    telemetry: TelemetrySummary
+    test_metrics: dict
+    test_epoch: Optional[int]
+    exception: Optional[dict]
+    log_tail: list
+    config_text: str = field(default="", repr=False)
+    epochs: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # one row per epoch, see _epoch_table
+    steps_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/steps.csv
+    telemetry_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/telemetry.csv
+    findings: list = field(default_factory=list)
+
+    @property
+    def trainable_pct(self) -> Optional[float]:
+        if not self.params_total or self.params_trainable is None:
+            return None
+        return 100.0 * self.params_trainable / self.params_total
+
+    def gpu_devices(self) -> list[int]:
+        """Indices of the GPUs with at least one reading in facts/telemetry.csv."""
+        return gpu_indices(self.telemetry_table)
+
+    def section(self, name: str, images: Optional[Mapping[str, Any]] = None) -> str:
+        """One section as Markdown; `name` is one of `sections.SECTIONS`.
+
+        Args:
+            name: the section, e.g. "summary" or "telemetry".
+            images: {"curves": path, "telemetry": path} relative to where the Markdown will live;
+                an image left out is not linked.
+
+        Returns:
+            The section's Markdown, starting with its heading.
+
+        Raises:
+            ReportError: an unknown section name (the message lists the known ones).
+        """
+        from .sections import render_section
+
+        return render_section(self, name, images or {})
+
+    def to_markdown(self, images: Optional[Mapping[str, Any]] = None) -> str:
+        """The whole report: every section of `sections.SECTIONS`, in order."""
+        from .sections import SECTIONS
+
+        return "\n".join(self.section(name, images) for name in SECTIONS)
+
+
+def load_run_report(run_dir: str | Path) -> RunReport:
+    """Gather a run's facts into a RunReport (findings included); reads files only, never a GPU.
+
+    Works for every status: a RUNNING or CRASHED run reports what it wrote so far, and runs
+    from before steps.csv / telemetry.csv existed report without them.
+
+    Args:
+        run_dir: the run directory.
+
+    Returns:
+        The RunReport.
+
+    Raises:
+        FactsError: the directory does not exist, or its events or config cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FactsError(f"run directory {run_dir} does not exist (expected a folder holding {EVENTS_FILE})")
+    events = read_events(run_dir)
+    start_index = max((i for i, e in enumerate(events) if e.get("moment") == "on_start"), default=None)
+    if start_index is None:
+        raise FactsError(f"{run_dir / EVENTS_FILE} has no on_start event: the run never started")
+    start, since_start = events[start_index], events[start_index:]
+    end = _last(since_start, "on_train_end")
+    status, stop_reason = run_status(events, start)
+    config = read_config(run_dir)
+    scalars = read_scalars(run_dir) if (run_dir / SCALARS_FILE).is_file() else pd.DataFrame()
+    epochs = _epoch_table(scalars)
+    steps_table, telemetry_table = read_steps(run_dir), read_telemetry(run_dir)
+    params = (_read_json(run_dir / "model_info.json").get("parameters") or start.get("params") or {})
+    test = _last(events, "on_test_end")
+    payload = (end or {}).get("telemetry") or {}
+    duration = (end or {}).get("total_time_s")
+    if duration is None:  # no end yet: the last thing the run wrote
+        last_sample = telemetry_table["t"].max() if "t" in telemetry_table and len(telemetry_table) else 0.0
+        duration = max([e.get("t") or 0.0 for e in events] + [float(last_sample)])
+    report = RunReport(
+        run_dir=run_dir,
+        run_id=str(start.get("run_id") or run_dir.name),
+        status=status,
+        stop_reason=stop_reason,
+        started=start.get("time"),
+        duration_s=float(duration) if duration is not None else None,
+        epochs_completed=int((end or {}).get("epochs_completed", len(epochs))),
+        steps=(end or {}).get("steps", _last_step(epochs)),
+        params_total=params.get("total"),
+        params_trainable=params.get("trainable"),
+        device=start.get("device"),
+        metrics=key_metrics(epochs, telemetry_table, payload, end),
+        config=ConfigSnapshot.from_config(config),
+        telemetry=telemetry_summary(telemetry_table, payload, _read_json(run_dir / ENV_FILE), start.get("device")),
+        test_metrics=dict((test or {}).get("metrics") or {}),
+        test_epoch=(test or {}).get("epoch"),
+        exception=_last(since_start, "on_exception"),
+        log_tail=_log_tail(run_dir / "logs" / "stdout.log"),
+        config_text=_read_text(run_dir / CONFIG_FILE),
+        epochs=epochs,
+        steps_table=steps_table,
+        telemetry_table=telemetry_table,
+    )
+    report.findings = find(report)
+    return report
+
+
+def _epoch_table(scalars: pd.DataFrame) -> pd.DataFrame:
+    """One row per epoch: train_<x> / val_<x> for every loss and metric, plus the epoch-wide columns."""
+    if scalars.empty or "split" not in scalars.columns:
+        return pd.DataFrame(columns=["train_loss", "val_loss", *_EPOCH_COLUMNS], index=pd.Index([], name="epoch"))
+    scalars = scalars.drop(columns=["train_loss", "val_loss"], errors="ignore")
+    train = scalars[scalars["split"] == "train"].set_index("epoch")
+    val = scalars[scalars["split"] == "val"].set_index("epoch")
+    table = pd.DataFrame(index=pd.Index(sorted(set(train.index) | set(val.index)), name="epoch"))
+    values = [c for c in scalars.columns if c == "loss" or c.startswith(("loss_", "metric_"))]
+    for column in values:
+        table[f"train_{column}"] = pd.to_numeric(train[column], errors="coerce")
+        table[f"val_{column}"] = pd.to_numeric(val[column], errors="coerce")
+    for column in _EPOCH_COLUMNS:
+        if column in scalars.columns:
+            from_train = pd.to_numeric(train[column], errors="coerce").reindex(table.index)
+            table[column] = from_train.combine_first(pd.to_numeric(val[column], errors="coerce").reindex(table.index))
+    for column in ("samples", "throughput"):  # these differ per split: keep the training phase's
+        if column in scalars.columns:
+            table[column] = pd.to_numeric(train[column], errors="coerce").reindex(table.index)
+    table.index = table.index.astype(int)
+    return table
+
+
+def _last_step(epochs: pd.DataFrame) -> Optional[int]:
+    """The optimiser step count after the last recorded epoch, or None."""
+    if "step" not in epochs or not epochs["step"].notna().any():
+        return None
+    return int(epochs["step"].max())
+
+
+def _last(events: list, moment: str) -> Optional[dict]:
+    """The last event of a moment, or None."""
+    return next((e for e in reversed(events) if e.get("moment") == moment), None)
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object file, or {} when absent or unreadable (these files are optional for a report)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_text(path: Path) -> str:
+    """A text file's contents, or '' when absent."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines of the run's log (carriage-return progress redraws collapsed)."""
+    text = _read_text(path)
+    rows = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return rows[-lines:]

@@ -1,0 +1,405 @@
+"""`sweep()`: run a grid x seeds of training runs into one sweep directory, and re-run it safely.
+
+Layout: `<output_root>/multiruns/exp_<YYYYmmdd-HHMMSS>_<name>/` holds `sweep.yaml` and the runs
+under `runs/<run_id>/`, so `load_runs(sweep_dir=...)` reads them. `sweep.yaml` is rewritten
+atomically after every point, so a killed sweep still says which points finished.
+
+Re-running the same sweep (same name, same spec hash) reuses the latest such directory and
+skips every point whose run there ended COMPLETED, or STOPPED by early stopping; failed,
+crashed and interrupted points run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from ..config import Config
+from ..errors import ConfigError, FactsError
+from ..facts import read_config, read_events, run_status, sanitize_run_name
+from ..facts.run_dir import atomic_write_text
+from .executors import EXECUTORS, PointOutcome, PointTask, check_executor, make_executor
+from .grid import SweepPoint, expand_grid, parse_grid_arg, parse_seeds_arg, point_config_hash, resolve_base, spec_hash
+
+__all__ = ["sweep", "SweepResult", "PointResult", "add_sweep_command", "SWEEP_FILE"]
+
+SWEEP_FILE = "sweep.yaml"
+VIAS = ("function", "notebook")
+DEFAULT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "train.ipynb"
+_OK = ("COMPLETED", "STOPPED")
+_EXP_PATTERN = re.compile(r"^exp_\d{8}-\d{6}_(?P<name>.+)$")
+
+
+@dataclass
+class PointResult:
+    """How one point of the sweep ended (or that an earlier run of it was reused: `skipped`)."""
+
+    name: str
+    overrides: dict
+    seed: int
+    status: str  # PENDING until it finishes, then a facts status
+    run_dir: Optional[Path]
+    error: Optional[str]
+    skipped: bool = False
+    config_hash: str = ""
+    duration_s: Optional[float] = None
+    traceback: Optional[str] = None  # the last frames, when the point raised
+
+
+@dataclass
+class SweepResult:
+    """The sweep directory, one PointResult per point (grid order), and counts per status plus `skipped`."""
+
+    sweep_dir: Path
+    points: list[PointResult]
+    counts: dict = field(default_factory=dict)
+    spec_hash: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every point ended COMPLETED or STOPPED."""
+        return all(p.status in _OK for p in self.points)
+
+
+def sweep(
+    base: Union[Config, Mapping, str, Path, None] = None,
+    grid: Optional[Mapping[str, Sequence]] = None,
+    seeds: Optional[Sequence[int]] = None,
+    *,
+    name: str = "sweep",
+    executor: Any = "inline",
+    max_workers: Optional[int] = None,
+    scheduler: Optional[str] = None,
+    via: str = "function",
+    sweep_dir: Union[str, Path, None] = None,
+    overrides: Union[Sequence[str], Mapping, None] = None,
+    notebook: Union[str, Path, None] = None,
+) -> SweepResult:
+    """Train every point of `grid` x `seeds` and record the sweep in its directory.
+
+    Every point's config is validated before anything runs. A point that fails (an exception
+    in training, a FAILED run, a dead worker) is recorded with its error and the others go on.
+
+    Args:
+        base: the base config: a dict (nested or dotted keys), a Config, a YAML path, or None.
+        grid: dotted key -> list of values, e.g. {"model.bottleneck": ["identity", "vq"]}.
+        seeds: values of trainer.seed, each run for every grid point; None keeps the base's seed.
+        name: the sweep's name, in its directory name and its progress lines.
+        executor: "inline" (this process, one at a time), "process" (a spawn process pool, one
+            run per GPU), "dask" (a scheduler address or a LocalCluster), or a distributed.Client.
+        max_workers: concurrent points for "process" and a local "dask" cluster; default one
+            per visible GPU, or 1.
+        scheduler: a Dask scheduler address for executor="dask" (default: a LocalCluster).
+        via: "function" calls thesis_lib.train; "notebook" runs the driver notebook through
+            papermill and keeps the executed copy in the run directory as train.ipynb.
+        sweep_dir: use this directory instead of finding or creating one under output_root.
+        overrides: dotted overrides applied to `base` (what the CLI's trailing arguments are).
+        notebook: the driver notebook for via="notebook" (default: notebooks/train.ipynb).
+
+    Returns:
+        SweepResult(sweep_dir, points, counts, spec_hash).
+
+    Raises:
+        ConfigError: an empty grid value list or seed list, an unknown config key or value (the
+            message names the point), an unknown executor or via, a missing notebook, or a
+            sweep_dir that holds a different sweep (the message names both spec hashes).
+    """
+    if via not in VIAS:
+        raise ConfigError(f"via={via!r} is not known; allowed: {', '.join(VIAS)}")
+    check_executor(executor, max_workers)
+    notebook_path = Path(notebook) if notebook is not None else DEFAULT_NOTEBOOK
+    if via == "notebook" and not notebook_path.is_file():
+        raise ConfigError(f"via='notebook' needs the driver notebook; {notebook_path} does not exist")
+    base_dict = resolve_base(base, overrides)
+    if base_dict["trainer"]["resume_from"]:
+        raise ConfigError(f"trainer.resume_from={base_dict['trainer']['resume_from']!r} in a sweep's base config: "
+                          "every point would continue the same run; a re-run of the sweep resumes by skipping "
+                          "completed points instead")
+    points = expand_grid(base_dict, grid, seeds)
+    seeds_used = list(dict.fromkeys(p.seed for p in points))
+    spec = spec_hash(base_dict, grid or {}, seeds_used)
+    label = sanitize_run_name(name)
+    directory = _locate_sweep_dir(sweep_dir, base_dict["output_root"], label, spec)
+    record = _SweepRecord(directory, name=label, spec=spec, base=base_dict, grid=grid or {}, seeds=seeds_used,
+                          executor=_executor_label(executor, scheduler), via=via)
+    results, tasks = _plan(points, directory, via, str(notebook_path.resolve()))
+    record.write(results, state="running")
+    skipped = sum(r.skipped for r in results)
+    progress = _Progress(label, total=len(results), already_done=skipped)
+    print(f"[sweep {label}] {len(results)} points, {skipped} already completed (skipped), {len(tasks)} to run "
+          f"({executor if isinstance(executor, str) else 'dask client'}, via {via}) -> {directory}")
+    if tasks:
+        _execute(tasks, results, record, progress, executor, max_workers, scheduler)
+    else:
+        record.write(results, state="finished")
+    counts = _counts(results)
+    print(f"[sweep {label}] finished: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {directory}")
+    return SweepResult(directory, results, counts, spec)
+
+
+def _execute(tasks, results, record, progress, executor, max_workers, scheduler) -> None:
+    """Run the tasks on the executor, updating results, sweep.yaml and the progress line per point."""
+    by_name = {r.name: r for r in results}
+    runner = make_executor(executor, max_workers=max_workers, scheduler=scheduler)
+    progress.workers = runner.workers
+    state = "interrupted"
+    try:
+        for task, outcome in runner.run(tasks):
+            result = by_name[task.name]
+            _apply(result, outcome)
+            record.write(results, state="running")
+            progress.point_done(result)
+        state = "finished"
+    finally:
+        record.write(results, state=state)
+        runner.close()
+
+
+def _apply(result: PointResult, outcome: PointOutcome) -> None:
+    result.status = outcome.status
+    result.run_dir = Path(outcome.run_dir) if outcome.run_dir else None
+    result.error = outcome.error
+    result.duration_s = outcome.duration_s
+    result.traceback = outcome.traceback
+
+
+def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) -> tuple[list[PointResult], list[PointTask]]:
+    """A PointResult per point (skipped where an earlier run completed it) and the tasks still to run."""
+    finished, run_ids = _completed_runs(directory)
+    results, tasks = [], []
+    for point in points:
+        done = finished.get(point.config_hash)
+        if done is not None:
+            results.append(PointResult(point.name, point.overrides, point.seed, done[1], done[0], None,
+                                       skipped=True, config_hash=point.config_hash))
+            continue
+        results.append(PointResult(point.name, point.overrides, point.seed, "PENDING", None, None,
+                                   config_hash=point.config_hash))
+        config = copy.deepcopy(point.config)
+        config["output_root"], config["run_name"] = str(directory), point.name
+        marker = f"_{sanitize_run_name(point.name)}_"
+        tasks.append(PointTask(point.name, config, via, str(directory), notebook if via == "notebook" else None,
+                               known_run_ids=tuple(r for r in run_ids if marker in r)))
+    return results, tasks
+
+
+def _completed_runs(directory: Path) -> tuple[dict[str, tuple[Path, str]], list[str]]:
+    """{point config hash: (run_dir, status)} of runs under the sweep that completed, and all run ids there."""
+    runs_root = directory / "runs"
+    if not runs_root.is_dir():
+        return {}, []
+    finished: dict[str, tuple[Path, str]] = {}
+    run_ids = []
+    for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
+        run_ids.append(run_dir.name)
+        try:
+            events = read_events(run_dir)
+            config = read_config(run_dir)
+        except (FactsError, OSError):
+            continue  # an unreadable run never counts as done: its point runs again
+        start = next((e for e in reversed(events) if e.get("moment") == "on_start"), None)
+        status, reason = run_status(events, start)
+        if status == "COMPLETED" or (status == "STOPPED" and reason == "early_stopping"):
+            finished[point_config_hash(config)] = (run_dir, status)  # sorted by id: the latest wins
+    return finished, run_ids
+
+
+def _locate_sweep_dir(sweep_dir, output_root: str, label: str, spec: str) -> Path:
+    """The forced directory (checked), the latest exp_*_<label> with this spec, or a new one."""
+    if sweep_dir is not None:
+        directory = Path(sweep_dir)
+        found = _read_spec(directory / SWEEP_FILE, strict=True)
+        if found is not None and found != spec:
+            raise ConfigError(
+                f"sweep_dir {directory} holds a different sweep (spec hash {found} in its {SWEEP_FILE}); this "
+                f"sweep's spec hash is {spec}. Use another sweep_dir, or leave it out to get a new directory"
+            )
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory.resolve()
+    multiruns = Path(output_root) / "multiruns"
+    if multiruns.is_dir():
+        candidates = sorted((p for p in multiruns.iterdir() if _exp_name(p) == label), reverse=True)
+        for candidate in candidates:
+            if _read_spec(candidate / SWEEP_FILE, strict=False) == spec:
+                return candidate.resolve()
+    multiruns.mkdir(parents=True, exist_ok=True)
+    while True:
+        directory = multiruns / f"exp_{time.strftime('%Y%m%d-%H%M%S')}_{label}"
+        try:
+            directory.mkdir()
+            return directory.resolve()
+        except FileExistsError:
+            time.sleep(0.2)  # a sweep of the same name started this second: take the next second
+
+
+def _exp_name(path: Path) -> Optional[str]:
+    match = _EXP_PATTERN.match(path.name)
+    return match.group("name") if match and path.is_dir() else None
+
+
+def _read_spec(path: Path, *, strict: bool) -> Optional[str]:
+    """The spec hash in a sweep.yaml; None if absent (or unreadable, unless strict)."""
+    if not path.is_file():
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+        return str(data["spec_hash"])
+    except (yaml.YAMLError, KeyError, TypeError, OSError) as exc:
+        if strict:
+            raise ConfigError(f"{path} is not a readable sweep file (expected a mapping with spec_hash): {exc}") from None
+        return None
+
+
+def _executor_label(executor: Any, scheduler: Optional[str]) -> str:
+    if isinstance(executor, str):
+        return f"dask ({scheduler})" if executor == "dask" and scheduler else executor
+    address = getattr(getattr(executor, "scheduler", None), "address", None)
+    return f"dask ({address or 'client'})"
+
+
+def _counts(results: Sequence[PointResult]) -> dict:
+    counts = dict(Counter(r.status for r in results))
+    counts["skipped"] = sum(r.skipped for r in results)
+    counts["total"] = len(results)
+    return counts
+
+
+class _SweepRecord:
+    """sweep.yaml: what the sweep is (spec) and how far it got (point statuses), rewritten atomically."""
+
+    def __init__(self, directory: Path, *, name, spec, base, grid, seeds, executor, via):
+        from .. import __version__
+
+        self.path = directory / SWEEP_FILE
+        self.directory = directory
+        self.head = {
+            "name": name,
+            "spec_hash": spec,
+            "created": self._created_before() or dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "thesis_lib_version": __version__,
+            "executor": executor,
+            "via": via,
+            "seeds": list(seeds),
+            "grid": {k: list(v) for k, v in grid.items()},
+            "base": base,
+        }
+
+    def _created_before(self) -> Optional[str]:
+        """A re-run keeps the time the sweep was first created."""
+        try:
+            return yaml.safe_load(self.path.read_text()).get("created")
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None
+
+    def write(self, results: Sequence[PointResult], *, state: str) -> None:
+        """Rewrite the whole file (temporary file + rename: readers never see half of it)."""
+        body = dict(self.head)
+        body["state"] = state
+        body["updated"] = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        body["counts"] = _counts(results)
+        body["points"] = [self._point(r) for r in results]
+        atomic_write_text(self.path, yaml.dump(body, Dumper=_BlockTextDumper, sort_keys=False, default_flow_style=False))
+
+    def _point(self, result: PointResult) -> dict:
+        run_dir = None
+        if result.run_dir is not None:
+            run_dir = os.path.relpath(result.run_dir, self.directory)  # the sweep folder can move
+        return {
+            "name": result.name,
+            "overrides": result.overrides,
+            "seed": result.seed,
+            "config_hash": result.config_hash,
+            "status": result.status,
+            "skipped": result.skipped,
+            "run_dir": run_dir,
+            "duration_s": round(result.duration_s, 3) if result.duration_s is not None else None,
+            "error": result.error,
+            "traceback": result.traceback,
+        }
+
+
+class _BlockTextDumper(yaml.SafeDumper):
+    """Safe YAML that writes multi-line text (tracebacks) as readable `|` blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_BlockTextDumper.add_representer(str, _represent_str)
+
+
+class _Progress:
+    """One plain line per finished point: done / failed / running, ETA from the mean point time."""
+
+    def __init__(self, label: str, *, total: int, already_done: int):
+        self.label, self.total, self.done = label, total, already_done
+        self.to_run = total - already_done
+        self.finished_now, self.failed, self.seconds = 0, 0, 0.0
+        self.workers = 1
+
+    def point_done(self, result: PointResult) -> None:
+        self.done += 1
+        self.finished_now += 1
+        self.failed += result.status not in _OK
+        self.seconds += result.duration_s or 0.0
+        remaining = self.to_run - self.finished_now
+        running = min(self.workers, remaining)
+        eta = self.seconds / self.finished_now * remaining / max(self.workers, 1)
+        print(f"[sweep {self.label}] {self.done}/{self.total} done, {self.failed} failed, {running} running, "
+              f"ETA {_format_duration(eta)} (last: {result.name} {result.status} in {result.duration_s or 0.0:.1f}s)",
+              flush=True)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `thesis-lib sweep` to the CLI's subparsers; its handler returns 0 when every point succeeded."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train a grid x seeds of runs into one sweep directory (re-running skips completed points)",
+        description="Example: thesis-lib sweep --config base.yaml --grid model.bottleneck=identity,vq "
+                    "--grid model.latent_dim=16,32 --seeds 1,2 --name tokenizers --executor process",
+    )
+    parser.add_argument("--config", help="base YAML config (defaults for what it leaves out)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a swept key and its values, comma-separated (repeatable); a list of lists "
+                             "as one YAML list: 'model.freeze=[[encoder],[]]'")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the config's trainer.seed)")
+    parser.add_argument("--name", default="sweep", help="the sweep's name (in exp_<time>_<name>)")
+    parser.add_argument("--executor", default="inline", choices=EXECUTORS)
+    parser.add_argument("--max-workers", type=int, help="concurrent points (default: one per GPU, or 1)")
+    parser.add_argument("--scheduler", help="Dask scheduler address for --executor dask (default: a LocalCluster)")
+    parser.add_argument("--via", default="function", choices=VIAS,
+                        help="function: call train(); notebook: run notebooks/train.ipynb through papermill")
+    parser.add_argument("--notebook", help="the driver notebook for --via notebook (default: notebooks/train.ipynb)")
+    parser.add_argument("--sweep-dir", help="use this sweep directory (it must hold the same sweep, if any)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. trainer.epochs=5")
+    parser.set_defaults(func=_cmd_sweep)
+    return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    grid = dict(parse_grid_arg(item) for item in args.grid)
+    seeds = parse_seeds_arg(args.seeds) if args.seeds else None
+    result = sweep(args.config, grid, seeds, name=args.name, executor=args.executor, max_workers=args.max_workers,
+                   scheduler=args.scheduler, via=args.via, sweep_dir=args.sweep_dir, overrides=args.overrides,
+                   notebook=args.notebook)
+    return 0 if result.ok else 1
