@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -233,7 +234,14 @@ def test_status_failed_crashed_running(tmp_path):
     gone = f"no end event and process {dead.pid} on {socket.gethostname()!r} is gone"
     assert statuses[str(crashed)] == ("CRASHED", gone)
     assert statuses[str(running)][0] == "RUNNING"
-    assert statuses[str(elsewhere)][0] == "CRASHED" and "'another-node'" in statuses[str(elsewhere)][1]
+    # just written on another host: its facts are the heartbeat
+    assert statuses[str(elsewhere)][0] == "RUNNING"
+    old = time.time() - 3600
+    for path in (elsewhere / "facts").iterdir():
+        os.utime(path, (old, old))
+    runs_df, _, _ = load_runs(run_dirs=[elsewhere])
+    status, reason = runs_df.iloc[0]["status"], runs_df.iloc[0]["stop_reason"]
+    assert status == "CRASHED" and "'another-node'" in reason and "last written 3600 s ago" in reason
 
 
 def test_a_resumed_start_reopens_the_status(tmp_path):

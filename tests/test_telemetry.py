@@ -11,7 +11,6 @@ import time
 import types
 import warnings
 
-import pynvml
 import pytest
 
 from thesis_lib.telemetry import (
@@ -62,7 +61,11 @@ def test_readings_become_rows_per_device(tmp_path):
     with TelemetrySampler(path, interval_s=0.1, backend=backend) as sampler:
         time.sleep(0.55)
         window = sampler.mark()
+        latest = sampler.latest()
     columns, rows = read_rows(path)
+    assert 0.3 < latest.pop("t") < 0.7
+    assert latest == {"util_pct": 60.0, "mem_used_mb": 3000.0, "mem_total_mb": 81559.0, "power_w": 400.0,
+                      "temp_c": 45, "sm_clock_mhz": 1755}
     assert columns == ["t", "cpu_pct", "rss_mb"] + [f"gpu{i}_{f}" for i in (0, 1) for f in GPU_FIELDS]
     assert columns == telemetry_columns([0, 1])
     assert 5 <= len(rows) <= 9
@@ -107,6 +110,7 @@ def test_gpu_error_mid_run_keeps_cpu_rows_and_warns_once(tmp_path):
     assert "GPU telemetry stopped" in messages[0] and "ScriptedNVMLError: GPU is lost" in messages[0]
     assert summary["warning"] == messages[0]
     assert summary["samples"] == len(rows) and window["power_avg_w"] == 250.0
+    assert sampler.latest() is None  # the newest sample has no GPU reading
     assert backend.read_calls == 4 and backend.shutdown_calls == 1
 
 
@@ -169,6 +173,7 @@ def test_no_gpu_backend_writes_cpu_columns_only(tmp_path):
         with TelemetrySampler(path, interval_s=0.1, backend=None) as sampler:
             time.sleep(0.35)
             window = sampler.mark()
+            assert sampler.latest() is None
     columns, rows = read_rows(path)
     assert columns == ["t", "cpu_pct", "rss_mb"]
     assert len(rows) >= 3 and all(float(r["rss_mb"]) > 10 for r in rows)
@@ -307,6 +312,7 @@ def test_resumed_run_appends_and_different_header_rotates(tmp_path):
 
 def fake_pynvml(*, instant_ok: bool, memory_v2_ok: bool) -> types.ModuleType:
     """pynvml with its constants and error classes, and the device calls NvmlBackend makes answered in Python."""
+    pynvml = pytest.importorskip("pynvml")
     fake = types.ModuleType("pynvml")
     fake.__dict__.update({k: v for k, v in vars(pynvml).items() if k.startswith(("NVML_", "NVMLError", "nvmlMemory"))})
     fake.nvmlInit = fake.nvmlShutdown = lambda: None
@@ -316,7 +322,7 @@ def fake_pynvml(*, instant_ok: bool, memory_v2_ok: bool) -> types.ModuleType:
     fake.nvmlDeviceGetUUID = lambda h: "GPU-1234"
     fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=87)
     fake.nvmlDeviceGetTemperature = lambda h, sensor: 61
-    fake.nvmlDeviceGetClockInfo = lambda h, clock: 1980 if clock == pynvml.NVML_CLOCK_SM else 0
+    fake.nvmlDeviceGetClockInfo = lambda h, clock: 1980 if clock == fake.NVML_CLOCK_SM else 0
     fake.nvmlDeviceGetPowerUsage = lambda h: 312_000
     fake.nvmlDeviceGetTotalEnergyConsumption = lambda h: 5_000_000
 
@@ -357,3 +363,21 @@ def test_nvml_backend_falls_back_to_averaged_power_and_memory_v1(monkeypatch):
     assert (reading["power_w"], reading["power_field"]) == (312.0, "average")
     assert (reading["mem_used_mb"], reading["memory_info"]) == (600.0, "v1")
     assert backend.read(0)["power_field"] == "average"
+
+
+def test_process_stats_read_cpu_and_rss():
+    import psutil
+
+    from thesis_lib.telemetry import ProcessStats
+
+    stats = ProcessStats()
+    stats.start()
+    assert stats.read()[0] is None  # no span to measure CPU over yet
+    end = time.monotonic() + 0.2
+    while time.monotonic() < end:  # keep this process busy: one core
+        pass
+    cpu_pct, rss_mb = stats.read()
+    assert 40.0 < cpu_pct < 250.0
+    assert rss_mb == pytest.approx(psutil.Process().memory_info().rss / 2**20, rel=0.05)
+    stats.close()  # without /proc/self/statm, psutil answers
+    assert stats.read()[1] == pytest.approx(rss_mb, rel=0.05)

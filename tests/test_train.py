@@ -70,7 +70,7 @@ def test_train_leaves_a_complete_run_directory(events, tmp_path):
     assert all(torch.equal(weights[k], best["model"][k]) for k in weights)
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["bottleneck"] == "vq"
     log = (run / "logs" / "stdout.log").read_text()
-    assert "epoch   2/2" in log and "test (best epoch" in log
+    assert "epoch   1 (2/2)" in log and "test (best epoch" in log
     history = json.loads((run / "training_history.json").read_text())
     assert history["epochs"] == [0, 1] and len(history["val"]["loss"]) == 2
     info = json.loads((run / "model_info.json").read_text())

@@ -63,7 +63,9 @@ def test_cpu_run_records_cpu_telemetry_steps_and_data_wait(events, tmp_path):
 
 def test_scripted_gpu_energy_reaches_epoch_facts(events, tmp_path, monkeypatch):
     monkeypatch.setattr(LOOP, "_telemetry_backend", lambda device: _scripted())
-    result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0, "sync_every_n_steps": 4}))
+    # batch 8: epochs long enough (~90 steps) to hold several 0.1 s samples each
+    result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0, "sync_every_n_steps": 4},
+                           data={"path": str(events), "batch_size": 8}))
     scalars = pd.read_csv(Path(result.run_dir) / "facts" / "scalars.csv").query("split == 'train'")
     assert (scalars["energy_j"] > 0).all()
     assert scalars["power_avg_w"].dropna().between(299, 301).all()
@@ -79,7 +81,9 @@ def test_scripted_gpu_energy_reaches_epoch_facts(events, tmp_path, monkeypatch):
 def test_nvml_error_mid_run_keeps_training_and_facts(events, tmp_path, monkeypatch):
     monkeypatch.setattr(LOOP, "_telemetry_backend", lambda device: _scripted(fail_after=3))
     with pytest.warns(UserWarning, match="GPU is lost"):
-        result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0}))
+        # batch 8: a run of a second or more, so the scripted GPU fails partway through
+        result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0},
+                               data={"path": str(events), "batch_size": 8}))
     assert result.status == "COMPLETED" and result.epochs_completed == 3
     telemetry = read_telemetry(result.run_dir)
     gpu_cols = [c for c in telemetry.columns if c.startswith("gpu0_")]

@@ -129,6 +129,7 @@ class ReportConfig:
 @dataclass
 class LoggingConfig:
     print_every_n_steps: int = field(default=0, metadata=_at_least(0))  # 0: one line per epoch
+    update_interval_ms: int = field(default=250, metadata=_at_least(10))  # dashboards redraw at most this often
 
 
 @dataclass

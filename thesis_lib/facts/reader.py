@@ -179,12 +179,16 @@ def read_config(run_dir: str | Path) -> dict:
     return config
 
 
-def run_status(events: Sequence[Mapping], env_or_start_event: Mapping | None) -> tuple[str, str | None]:
+def run_status(
+    events: Sequence[Mapping], env_or_start_event: Mapping | None, run_dir: str | Path | None = None
+) -> tuple[str, str | None]:
     """Derive (status, stop_reason) from a run's events.
 
     The last `on_train_end` after the last `on_start` gives the status it recorded. Otherwise an
     `on_exception` after it means FAILED. Otherwise the run has no end: RUNNING if the recorded
     pid is alive on this same host, else CRASHED. (A reused pid can make a dead run look alive.)
+    On another host, given `run_dir`, a write to its facts in the last 5 minutes reads as
+    RUNNING (the telemetry sampler appends every interval), else CRASHED.
 
     Args:
         events: the run's events in order.
@@ -207,10 +211,33 @@ def run_status(events: Sequence[Mapping], env_or_start_event: Mapping | None) ->
         return "CRASHED", "no end event, and no pid recorded to check whether the process lives"
     here = socket.gethostname()
     if host is not None and host != here:
-        return "CRASHED", f"no end event; process {pid} ran on host {host!r}, which cannot be checked from {here!r}"
+        # A pid cannot be checked across hosts (a cluster node read from a login node): the run's
+        # own writes are the heartbeat; the telemetry sampler appends a row every interval_s.
+        quiet = _seconds_since_last_write(run_dir) if run_dir is not None else None
+        if quiet is not None and quiet < _HEARTBEAT_S:
+            return "RUNNING", None
+        since = f"; its facts were last written {quiet:.0f} s ago" if quiet is not None else ""
+        return "CRASHED", f"no end event; process {pid} ran on host {host!r}, which cannot be checked from {here!r}{since}"
     if _pid_alive(int(pid)):
         return "RUNNING", None
     return "CRASHED", f"no end event and process {pid} on {here!r} is gone"
+
+
+# A run on another host that wrote nothing for this long is taken as gone.
+_HEARTBEAT_S = 300.0
+
+
+def _seconds_since_last_write(run_dir: str | Path) -> float | None:
+    """Seconds since the newest write to the run's facts files, or None when none exists."""
+    import time
+
+    mtimes = []
+    for name in (EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE):
+        try:
+            mtimes.append(os.stat(Path(run_dir) / name).st_mtime)
+        except OSError:
+            continue
+    return time.time() - max(mtimes) if mtimes else None
 
 
 def load_runs(
@@ -284,7 +311,7 @@ def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[str]]:
         torn += [str(scalars_path)] if scalars_torn else []
     else:
         frame = _with_loss_aliases(pd.DataFrame(columns=list(start.get("scalar_columns") or BASE_SCALAR_COLUMNS)))
-    status, stop_reason = run_status(events, start)
+    status, stop_reason = run_status(events, start, run_dir)
     end = next((e for e in reversed(events[start_index:]) if e.get("moment") == "on_train_end"), None)
     tests = [e for e in events if e.get("moment") == "on_test_end"]
     model, trainer = config.get("model") or {}, config.get("trainer") or {}

@@ -169,7 +169,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         raise FactsError(f"{run_dir / EVENTS_FILE} has no on_start event: the run never started")
     start, since_start = events[start_index], events[start_index:]
     end = _last(since_start, "on_train_end")
-    status, stop_reason = run_status(events, start)
+    status, stop_reason = run_status(events, start, run_dir)
     config = read_config(run_dir)
     scalars = read_scalars(run_dir) if (run_dir / SCALARS_FILE).is_file() else pd.DataFrame()
     epochs = _epoch_table(scalars)

@@ -9,9 +9,11 @@ import itertools
 import os
 from pathlib import Path
 
-__all__ = ["TelemetryCsv", "Window", "EnergyMeter", "telemetry_columns"]
+__all__ = ["TelemetryCsv", "Window", "EnergyMeter", "telemetry_columns", "latest_reading"]
 
 _GPU_FIELDS = ("util_pct", "mem_used_mb", "mem_total_mb", "power_w", "temp_c", "sm_clock_mhz", "energy_j")
+# The backend reading behind each gpu{i}_* column but energy (which the EnergyMeter gives).
+_READING_KEYS = ("util", "mem_used_mb", "mem_total_mb", "power_w", "temp_c", "sm_clock_mhz")
 # Decimals per written value: W to 10 mW, MB to 0.1, energy to the mJ the counter counts in.
 _GPU_DIGITS = (0, 1, 1, 2, 0, 0, 3)
 
@@ -29,9 +31,10 @@ def _number(value: float | None, digits: int) -> str:
 class TelemetryCsv:
     """facts/telemetry.csv, append-only: one flushed line per row, so a killed run keeps what was written."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, device_indices: list[int]) -> None:
         self.path = path
-        header = ",".join(columns)
+        self.n_devices = len(device_indices)
+        header = ",".join(telemetry_columns(device_indices))
         for n in itertools.count(1):
             if not self.path.exists() or self.path.stat().st_size == 0:
                 break
@@ -49,16 +52,42 @@ class TelemetryCsv:
         self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         self._file.write(header + "\n")
 
-    def write_row(self, t: float, process_values: list, gpu_values: list[list], energies: list) -> None:
-        """Write and flush one row."""
-        cells = [_number(t, 3), _number(process_values[0], 1), _number(process_values[1], 1)]
-        for values, energy in zip(gpu_values, energies):
-            cells += [_number(v, d) for v, d in zip([*values, energy], _GPU_DIGITS)]
+    def write_row(self, t: float, cpu_pct: float | None, rss_mb: float | None, readings: list[dict] | None,
+                  energies: list[float] | None) -> None:
+        """Write and flush one row; GPU cells stay empty without readings, energy cells without energies."""
+        cells = [_number(t, 3), _number(cpu_pct, 1), _number(rss_mb, 1)]
+        for k in range(self.n_devices):
+            values = [None] * 6 if readings is None else [readings[k].get(key) for key in _READING_KEYS]
+            values.append(None if energies is None else energies[k])
+            cells += [_number(v, d) for v, d in zip(values, _GPU_DIGITS)]
         self._file.write(",".join(cells) + "\n")
 
     def close(self) -> None:
         """Close the file (line buffering has already flushed every row)."""
         self._file.close()
+
+
+def latest_reading(t: float, readings: list[dict] | None) -> dict | None:
+    """One sample's GPU readings combined over devices for a live display (None without readings)."""
+    if not readings:
+        return None
+
+    def present(key: str) -> list[float]:
+        """The devices' values for `key` that NVML gave."""
+        return [r[key] for r in readings if r.get(key) is not None]
+
+    util, power, temp = present("util"), present("power_w"), present("temp_c")
+    fullest = max(readings, key=lambda r: r.get("mem_used_mb") or -1.0)
+    clocks = present("sm_clock_mhz")
+    return {
+        "t": t,
+        "util_pct": sum(util) / len(util) if util else None,
+        "mem_used_mb": fullest.get("mem_used_mb"),
+        "mem_total_mb": fullest.get("mem_total_mb"),
+        "power_w": sum(power) if power else None,
+        "temp_c": max(temp) if temp else None,
+        "sm_clock_mhz": min(clocks) if clocks else None,
+    }
 
 
 class _Stat:

@@ -32,7 +32,7 @@ from typing import Any
 
 from .backends import NvmlBackend, visible_nvml_indices
 from .process import ProcessStats
-from .records import EnergyMeter, TelemetryCsv, Window, telemetry_columns
+from .records import EnergyMeter, TelemetryCsv, Window, latest_reading
 
 __all__ = ["TelemetrySampler", "TelemetryWarning", "MIN_INTERVAL_S"]
 
@@ -102,9 +102,12 @@ class TelemetrySampler:
         self._total = Window()
         self._csv: TelemetryCsv | None = None
         self._process = ProcessStats()
-        self._pending: list[tuple[float, list, list[float]]] = []
+        # Sampled rows not yet written: (t, cpu_pct, rss_mb, readings, energies); with the counter,
+        # a row's energy is final once the next counter read brackets it.
+        self._pending: list[tuple[float, float | None, float | None, list[dict] | None, list[float] | None]] = []
         self._first_t: float | None = None
         self._last_t: float | None = None
+        self._latest: dict | None = None
 
     # ---- public API: called from the training (main) thread -------------------------------------
 
@@ -142,6 +145,20 @@ class TelemetrySampler:
             window, energy_now = self._window, self._energy_now()
             self._window = Window(energy_start=energy_now)
         return window.result(energy_now)
+
+    def latest(self) -> dict | None:
+        """The newest GPU reading, for a live display; cheap (a lock and a copy), no NVML call.
+
+        Returns:
+            {t, util_pct, mem_used_mb, mem_total_mb, power_w, temp_c, sm_clock_mhz} combined over
+            the devices: power summed, utilisation averaged, memory of the device using the most,
+            the highest temperature, the lowest SM clock (the throttled one); None when the newest
+            sample holds no GPU reading (no GPU telemetry, or it stopped).
+        """
+        if os.getpid() != self._owner_pid:
+            return None
+        with self._lock:
+            return None if self._latest is None else dict(self._latest)
 
     def stop(self) -> dict:
         """Stop the thread (it takes a last sample and a last counter read), close the csv, summarise.
@@ -237,7 +254,7 @@ class TelemetrySampler:
             except Exception as exc:
                 self._warn(f"GPU telemetry off: {self._backend_label()} could not start ({type(exc).__name__}: {exc})")
         try:
-            csv = TelemetryCsv(self.csv_path, telemetry_columns([d["index"] for d in self._devices]))
+            csv = TelemetryCsv(self.csv_path, [d["index"] for d in self._devices])
         except OSError as exc:
             self._warn(f"telemetry csv {self.csv_path} cannot be written ({exc}); sampling for the epoch summaries only")
             csv = None
@@ -285,7 +302,8 @@ class TelemetrySampler:
             self._total.add(readings)
             self._first_t = t if self._first_t is None else self._first_t
             self._last_t = t
-        self._queue_row(t, [cpu_pct, rss_mb], readings, est)
+            self._latest = latest_reading(t, readings)
+        self._pending.append((t, cpu_pct, rss_mb, readings, est))
         meter = self._meter
         if self._gpu_on and meter.method == "counter" and (final or t - meter.anchor_t >= self.energy_interval_s):
             self._read_counters()
@@ -322,22 +340,9 @@ class TelemetrySampler:
         t = 0.5 * (before + time.time()) - self.start_time
         with self._lock:
             previous = self._meter.add_counter(t, counters)
-        for row in self._pending:
-            row[2][:] = self._meter.interpolate(previous, row[0])
+        self._pending = [(t_row, cpu, rss, readings, None if est is None else self._meter.interpolate(previous, t_row))
+                         for t_row, cpu, rss, readings, est in self._pending]
         self._write_pending()
-
-    def _queue_row(self, t: float, process_values: list, readings: list[dict] | None, est: list[float] | None) -> None:
-        """Queue one row; its energy values are final only once the next counter read brackets it."""
-        gpu_values = []
-        for k in range(len(self._devices)):
-            if readings is None:
-                gpu_values.append([None] * 6)
-            else:
-                r = readings[k]
-                gpu_values.append([r["util"], r["mem_used_mb"], r["mem_total_mb"], r["power_w"], r["temp_c"],
-                                   r["sm_clock_mhz"]])
-        energies = [None] * len(self._devices) if est is None else list(est)
-        self._pending.append((t, [process_values, gpu_values], energies))
 
     def _write_pending(self) -> None:
         """Write the queued rows to the csv."""
@@ -345,8 +350,8 @@ class TelemetrySampler:
         if self._csv is None:
             return
         try:
-            for t, (process_values, gpu_values), energies in pending:
-                self._csv.write_row(t, process_values, gpu_values, energies)
+            for row in pending:
+                self._csv.write_row(*row)
         except OSError as exc:
             self._warn(f"telemetry csv {self._csv.path} stopped accepting rows ({exc}); sampling for the epoch summaries only")
             self._csv.close()
@@ -362,8 +367,9 @@ class TelemetrySampler:
         _shutdown_quietly(self._backend)
 
     def _close(self) -> None:
-        """Flush and close the csv and release the backend."""
+        """Flush and close the csv, the process reader and the backend."""
         self._write_pending()
+        self._process.close()
         if self._csv is not None:
             self._csv.close()
         if self._gpu_on:

@@ -16,9 +16,13 @@ import torch
 from ..errors import NonFiniteLossError
 from .optim import Precision
 
-__all__ = ["MetricAccumulator", "EpochStats", "run_train_epoch", "evaluate"]
+__all__ = ["MetricAccumulator", "EpochStats", "StopRequested", "run_train_epoch", "evaluate"]
 
 Batch = Mapping[str, torch.Tensor]
+
+
+class StopRequested(Exception):
+    """The user asked a dashboard to stop: the current step has finished, nothing is lost."""
 
 
 class MetricAccumulator:
@@ -80,11 +84,16 @@ def run_train_epoch(
     max_steps: int = 0,
     epoch: int = 0,
     on_sync: Optional[Callable[[int, dict[str, float], int], None]] = None,
+    control: Optional[Callable[[], str]] = None,
 ) -> EpochStats:
     """Train for one pass over `batches`; returns the epoch's mean metrics.
 
+    `control`, when given, is asked between steps whether to go on ("run") or "stop"; it
+    returns at once unless its UI is due for a poll (a dashboard's Pause blocks inside it).
+
     Raises:
         NonFiniteLossError: the running loss read at a sync point is NaN or infinite.
+        StopRequested: `control` answered "stop".
     """
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -126,6 +135,8 @@ def run_train_epoch(
             _check_finite(running, f"in epoch {epoch} by step {index + 1}")
             if on_sync is not None:
                 on_sync(index + 1, running, metrics.count)
+        if control is not None and control() == "stop":
+            raise StopRequested(f"stopped by the user in epoch {epoch} after step {index + 1}")
     if pending:
         # Apply the last partial accumulation so every sample of the epoch counts.
         norm = _optimizer_step(optimizer, precision, params, grad_clip, measure=grad_clip > 0 or norms_measured == 0)

@@ -25,9 +25,9 @@ from ..models import build_model, count_parameters
 from .artifacts import TrainingHistory, write_model_info
 from .checkpoint import capture_rng_state, load_checkpoint, resolve_last_checkpoint, restore_rng_state, save_checkpoint
 from .early_stopping import EarlyStopping
-from .epoch import EpochStats, evaluate, run_train_epoch
+from .epoch import EpochStats, StopRequested, evaluate, run_train_epoch
 from .optim import Precision, build_optimizer, build_scheduler, resolve_device
-from .output_capture import capture_output
+from .output_capture import CapturedOutput, capture_output
 
 __all__ = ["train", "RunResult", "seed_everything"]
 
@@ -57,12 +57,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(config: Union[Config, Mapping, str, Path, None] = None, overrides: Union[Sequence[str], Mapping, None] = None) -> RunResult:
+def train(
+    config: Union[Config, Mapping, str, Path, None] = None,
+    overrides: Union[Sequence[str], Mapping, None] = None,
+    *,
+    dashboard: Union[str, object, None] = "auto",
+) -> RunResult:
     """Train a model and leave a complete run directory at `<output_root>/runs/<run_id>/`.
 
     Args:
         config: a Config, a nested dict, a YAML path, or None for the defaults.
         overrides: dotted `key=value` strings or a dict applied on top of `config`.
+        dashboard: "auto" (a widget in Jupyter, full screen on a terminal, else one line per
+            epoch), "widget", "terminal", "text", None, or a Dashboard object. Its Stop ends the
+            run STOPPED (reason "stopped_by_user") with checkpoints and facts intact.
 
     Returns:
         RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
@@ -85,8 +93,8 @@ def train(config: Union[Config, Mapping, str, Path, None] = None, overrides: Uni
         run_dir, run_id = last_path.parent, resume_state["run_id"]
     else:
         run_dir, run_id = create_run_dir(cfg.output_root, cfg.run_name)
-    with capture_output(run_dir / "logs" / "stdout.log"):
-        return run.execute(run_dir, run_id)
+    with capture_output(run_dir / "logs" / "stdout.log") as capture:
+        return run.execute(run_dir, run_id, capture, dashboard)
 
 
 def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:
@@ -148,9 +156,31 @@ class _TrainingRun:
         # Last: everything above may have drawn random numbers while being built.
         restore_rng_state(state["rng"])
 
-    def execute(self, run_dir: Path, run_id: str) -> RunResult:
+    def execute(self, run_dir: Path, run_id: str, capture: CapturedOutput, dashboard: Union[str, object, None]) -> RunResult:
         cfg = self.cfg
         self.run_dir, self.run_id = run_dir, run_id
+        from ..live import make_dashboard
+
+        self.capture = capture
+        # A dashboard that switches itself off after an error hands the console back.
+        self.dashboard = make_dashboard(dashboard, update_interval_ms=cfg.logging.update_interval_ms,
+                                        on_disable=lambda: setattr(capture, "echo", True))
+        try:
+            if self.dashboard is not None and self.dashboard.owns_console:
+                capture.echo = False  # the lines still reach logs/stdout.log
+            return self._execute(run_dir, run_id)
+        finally:
+            self._close_dashboard()
+
+    def _close_dashboard(self) -> None:
+        """Restore the console (terminal screen, echo of printed lines); safe to call twice."""
+        if self.dashboard is not None:
+            self.dashboard.close()
+            self.dashboard = None
+        self.capture.echo = True
+
+    def _execute(self, run_dir: Path, run_id: str) -> RunResult:
+        cfg = self.cfg
         started = self._origin = time.time() - self.elapsed_before
         writer = RunWriter(run_dir, run_id, scalar_columns(self.names), start_time=started)
         with writer:
@@ -171,6 +201,8 @@ class _TrainingRun:
                 split_sizes=self.meta.split_sizes,
             )
             self._print_header()
+            if self.dashboard is not None:
+                self.dashboard.on_start(self._dashboard_info())
             self.sampler = self._start_sampler(started)
             try:
                 status, reason, error = self._fit(writer)
@@ -178,8 +210,6 @@ class _TrainingRun:
                 telemetry = self.sampler.stop() if self.sampler is not None else None
             total_time = time.time() - started
             test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
-        if cfg.report.enabled:
-            _render_report_fail_soft(run_dir)
         result = RunResult(
             run_dir=run_dir,
             run_id=run_id,
@@ -190,6 +220,13 @@ class _TrainingRun:
             test_metrics=test_metrics,
             epochs_completed=len(self.history.epochs),
         )
+        if self.dashboard is not None:
+            self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
+                                                   "epochs_completed": result.epochs_completed,
+                                                   "total_time_s": total_time, "run_dir": str(run_dir)})
+        self._close_dashboard()  # before the report: its lines and the summary reach the console again
+        if cfg.report.enabled:
+            _render_report_fail_soft(run_dir)
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
             raise error
@@ -215,6 +252,25 @@ class _TrainingRun:
             start_time=started,
         ).start()
 
+    def _dashboard_info(self) -> dict:
+        cfg = self.cfg
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "task": cfg.model.task,
+            "model": f"{cfg.model.encoder}/{cfg.model.bottleneck}" if cfg.model.task == "autoencoder" else cfg.model.encoder,
+            "device": str(self.device),
+            "epochs": cfg.trainer.epochs,
+            "start_epoch": self.start_epoch,
+            "steps_per_epoch": self._steps_per_epoch(),
+            "params": self.params,
+        }
+
+    def _steps_per_epoch(self) -> int:
+        batches = len(self.loaders["train"])
+        cap = self.cfg.trainer.max_steps_per_epoch
+        return min(batches, cap) if cap else batches
+
     def _print_header(self) -> None:
         p = self.params
         pct = 100.0 * p["trainable"] / max(p["total"], 1)
@@ -237,6 +293,9 @@ class _TrainingRun:
         except KeyboardInterrupt:
             print(f"[{self.run_id}] interrupted: writing facts and checkpoints")
             return "STOPPED", "interrupted", None
+        except StopRequested as exc:
+            print(f"[{self.run_id}] {exc}: writing facts and checkpoints")
+            return "STOPPED", "stopped_by_user", None
         except NonFiniteLossError as exc:
             self._record_exception(writer, exc)
             return "FAILED", "non_finite_loss", None
@@ -261,11 +320,16 @@ class _TrainingRun:
                                        "loss": (total - window["loss_sum"]) / (samples - window["samples"]), "lr": lr})
             window["loss_sum"], window["samples"] = total, samples
 
+        dashboard, steps_per_epoch = self.dashboard, self._steps_per_epoch()
+
         def on_sync(batch_index: int, running: dict[str, float], samples: int) -> None:
             add_step_row(self.global_step + batch_index // accum, running["loss"], samples)
+            if dashboard is not None:
+                gpu = self.sampler.latest() if self.sampler is not None else None
+                dashboard.on_sync(epoch, batch_index, steps_per_epoch, running, samples, lr, gpu)
             if print_every and batch_index - last_print[0] >= print_every:
                 last_print[0] = batch_index
-                print(f"[{run_id}] epoch {epoch + 1} step {batch_index}/{len(train_loader)} loss {running['loss']:.4f}")
+                print(f"[{run_id}] epoch {epoch} step {batch_index}/{len(train_loader)} loss {running['loss']:.4f}")
 
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -283,6 +347,7 @@ class _TrainingRun:
             max_steps=cfg.trainer.max_steps_per_epoch,
             epoch=epoch,
             on_sync=on_sync,
+            control=dashboard.control if dashboard is not None else None,
         )
         val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names)
         val_loss = val_stats.metrics["loss"]
@@ -301,8 +366,12 @@ class _TrainingRun:
         stop = self.early.step(val_loss)
         self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats, resources)
         self._save_last(epoch + 1)
+        if dashboard is not None:
+            dashboard.on_epoch_end(epoch, train_stats.metrics, val_stats.metrics, lr, train_stats.grad_norm,
+                                   train_stats.throughput, resources, self.best_val_loss, improved)
         print(
-            f"[{run_id}] epoch {epoch + 1:>3}/{cfg.trainer.epochs}  train {train_stats.metrics['loss']:.4f}"
+            # Epochs count from 0 everywhere (facts, best_epoch, reports); "(n/N)" is the progress.
+            f"[{run_id}] epoch {epoch:>3} ({epoch + 1}/{cfg.trainer.epochs})  train {train_stats.metrics['loss']:.4f}"
             f"  val {val_loss:.4f}{'*' if improved else ' '}  lr {lr:.2e}"
             f"  {train_stats.throughput:,.0f} samples/s  {train_stats.seconds + val_stats.seconds:.1f}s"
         )
