@@ -34,6 +34,8 @@ def _config(data: Path, out: Path, args: argparse.Namespace) -> dict:
         "data": {"path": str(data), "batch_size": args.batch_size},
         "model": {"encoder": "mlp", "bottleneck": "identity", "latent_dim": 32, "hidden_dim": 128, "num_layers": 2},
         "trainer": {"epochs": args.epochs, "seed": 0, "device": args.device, "test": False},
+        # telemetry stays on (its default); the report renders after training, outside the timing
+        "report": {"enabled": False},
     }
 
 
