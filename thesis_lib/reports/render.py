@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from ..shipped import shipped_notebook
 from ..errors import FactsError, ReportError
 from ..facts.run_dir import atomic_write_bytes, atomic_write_text
 from ..facts.schema import EVENTS_FILE
@@ -22,7 +23,7 @@ from .telemetry_plot import write_report_figures
 
 __all__ = ["RUN_REPORT_TEMPLATE", "render_notebook", "export_notebook", "render_run_report", "write_run_report_markdown"]
 
-RUN_REPORT_TEMPLATE = Path(__file__).resolve().parents[2] / "report_templates" / "run_report.ipynb"
+RUN_REPORT_TEMPLATE = shipped_notebook("report_templates", "run_report.ipynb", must_exist=False)
 # Markdown cells of a template that explain the template itself, not the run: left out of exports.
 TEMPLATE_NOTE_TAG = "template-note"
 
@@ -70,6 +71,9 @@ def render_notebook(
         papermill.execute_notebook(
             str(template), str(notebook), parameters=dict(parameters), cwd=str(output_dir),
             kernel_name=kernel_name, execution_timeout=timeout, progress_bar=False,
+            # ipykernel 7 warns at every start that its local TCP sockets are unencrypted; in a
+            # report kernel that line only lands in the caller's output. Cell errors still raise.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     except papermill.PapermillExecutionError as exc:
         failure = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Mapping, Optional
 import pandas as pd
 import yaml
 
+from ..shipped import shipped_notebook
 from .. import __version__
 from ..errors import ConfigError, FactsError, ReportError
 from ..facts import discover_runs, load_runs
@@ -46,7 +47,7 @@ __all__ = ["SweepReport", "build_sweep_report", "render_sweep_report", "add_repo
            "BACKLINK_FILE", "DEFAULT_INFERENCE", "SWEEP_REPORT_TEMPLATE"]
 
 BACKLINK_FILE = "reports.txt"
-SWEEP_REPORT_TEMPLATE = Path(__file__).resolve().parents[2] / "report_templates" / "sweep_report.ipynb"
+SWEEP_REPORT_TEMPLATE = shipped_notebook("report_templates", "sweep_report.ipynb", must_exist=False)
 DEFAULT_INFERENCE = {"enabled": False, "batch_size": 512, "autocast": True, "dataset_split": "test",
                      "max_samples": 0, "persist_raw_scores": False}
 

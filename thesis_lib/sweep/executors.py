@@ -158,6 +158,7 @@ def _run_notebook(task: PointTask) -> tuple[str, Optional[Path], Optional[str], 
             },
             kernel_name=NOTEBOOK_KERNEL,
             progress_bar=False,
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],  # ipykernel 7's start-up TCP warning: noise
             cwd=os.getcwd(),
         )
     except papermill.PapermillExecutionError as exc:

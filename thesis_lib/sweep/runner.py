@@ -24,6 +24,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
+from ..shipped import shipped_notebook
 from ..config import Config
 from ..errors import ConfigError, FactsError
 from ..facts import read_config, read_events, run_status, sanitize_run_name
@@ -35,7 +36,7 @@ __all__ = ["sweep", "SweepResult", "PointResult", "add_sweep_command", "SWEEP_FI
 
 SWEEP_FILE = "sweep.yaml"
 VIAS = ("function", "notebook")
-DEFAULT_NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "train.ipynb"
+DEFAULT_NOTEBOOK = shipped_notebook("notebooks", "train.ipynb", must_exist=False)
 _OK = ("COMPLETED", "STOPPED")
 _EXP_PATTERN = re.compile(r"^exp_\d{8}-\d{6}_(?P<name>.+)$")
 
