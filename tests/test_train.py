@@ -170,6 +170,16 @@ def test_classifier_task(events, tmp_path):
     assert 0.0 <= result.test_metrics["metric_accuracy"] <= 1.0
     scalars = pd.read_csv(Path(result.run_dir) / "facts" / "scalars.csv")
     assert "metric_accuracy" in scalars.columns and "loss_recon" not in scalars.columns
+    test_end = [e for e in read_events(result.run_dir) if e["moment"] == "on_test_end"][0]
+    matrix = test_end["confusion_matrix"]
+    assert len(matrix) == len(test_end["class_names"]) == 4 and sum(map(sum, matrix)) == test_end["samples"] == 180
+    diagonal = sum(matrix[i][i] for i in range(4)) / 180
+    assert diagonal == pytest.approx(result.test_metrics["metric_accuracy"], abs=1e-6)
+
+    from thesis_lib.reports import load_run_report
+
+    section = load_run_report(result.run_dir).section("test")
+    assert "### Confusion matrix" in section and "**qcd_multijet**" in section and "recall" in section
 
 
 def test_resume_continues_to_the_same_weights(events, tmp_path):

@@ -102,6 +102,7 @@ class RunReport:
     telemetry: TelemetrySummary
     test_metrics: dict
     test_epoch: Optional[int]
+    confusion: Optional[dict]  # classifiers: {"matrix": [[true][pred]], "class_names": [...]} from on_test_end
     exception: Optional[dict]
     log_tail: list
     config_text: str = field(default="", repr=False)
@@ -198,6 +199,8 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         telemetry=telemetry_summary(telemetry_table, payload, _read_json(run_dir / ENV_FILE), start.get("device")),
         test_metrics=dict((test or {}).get("metrics") or {}),
         test_epoch=(test or {}).get("epoch"),
+        confusion=({"matrix": test["confusion_matrix"], "class_names": test.get("class_names") or []}
+                   if test and test.get("confusion_matrix") else None),
         exception=_last(since_start, "on_exception"),
         log_tail=_log_tail(run_dir / "logs" / "stdout.log"),
         config_text=_read_text(run_dir / CONFIG_FILE),

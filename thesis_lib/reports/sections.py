@@ -185,8 +185,25 @@ def _test(report: "RunReport", images: Mapping) -> str:
         return ("## Test metrics\n\nNo test metrics: trainer.test was off, the data has no test split, "
                 "or the run did not finish.")
     rows = [(name, _num(value, ".6g")) for name, value in report.test_metrics.items()]
-    return (f"## Test metrics\n\nThe best weights (epoch {_dash(report.test_epoch)}) on the test split.\n\n"
+    text = (f"## Test metrics\n\nThe best weights (epoch {_dash(report.test_epoch)}) on the test split.\n\n"
             + _table(("Metric", "Value"), rows))
+    if report.confusion:
+        text += "\n\n" + _confusion(report.confusion)
+    return text
+
+
+def _confusion(confusion: Mapping) -> str:
+    """The classifier's confusion matrix on the test split: rows true class, columns predicted, recall per row."""
+    matrix = confusion["matrix"]
+    names = list(confusion.get("class_names") or [])
+    names += [f"class_{i}" for i in range(len(names), len(matrix))]
+    rows = []
+    for index, (name, counts) in enumerate(zip(names, matrix)):
+        total = sum(counts)
+        recall = f"{100.0 * counts[index] / total:.1f} %" if total else "–"
+        rows.append((f"**{name}**", *(f"{c:,}" for c in counts), recall))
+    return ("### Confusion matrix\n\nRows: true class; columns: predicted class (test split).\n\n"
+            + _table(("true \\ predicted", *names, "recall"), rows))
 
 
 def _log(report: "RunReport", images: Mapping) -> str:

@@ -16,7 +16,7 @@ import torch
 from ..errors import NonFiniteLossError
 from .optim import Precision
 
-__all__ = ["MetricAccumulator", "EpochStats", "StopRequested", "run_train_epoch", "evaluate"]
+__all__ = ["MetricAccumulator", "EpochStats", "StopRequested", "run_train_epoch", "evaluate", "confusion_matrix"]
 
 Batch = Mapping[str, torch.Tensor]
 
@@ -187,3 +187,24 @@ def evaluate(
         metrics.add(values, batch["labels"].shape[0])
     means = metrics.read()  # sync point: end of evaluation
     return EpochStats(means, metrics.count, 0, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def confusion_matrix(
+    model: torch.nn.Module,
+    batches: Iterable[Batch],
+    precision: Precision,
+    *,
+    device: torch.device,
+    n_classes: int,
+) -> list[list[int]]:
+    """Counts [true class][predicted class] of a classifier over `batches`; one host sync at the end."""
+    model.eval()
+    counts = torch.zeros(n_classes * n_classes, dtype=torch.int64, device=device)
+    for batch in batches:
+        batch = _to_device(batch, device)
+        with precision.autocast():
+            predicted = model.predict_logits(batch).argmax(dim=-1)
+        pairs = batch["labels"].clamp(0, n_classes - 1) * n_classes + predicted
+        counts += torch.bincount(pairs, minlength=n_classes * n_classes)
+    return counts.view(n_classes, n_classes).tolist()  # sync point: end of the pass

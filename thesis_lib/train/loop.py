@@ -25,7 +25,7 @@ from ..models import build_model, count_parameters
 from .artifacts import TrainingHistory, write_model_info
 from .checkpoint import capture_rng_state, load_checkpoint, resolve_last_checkpoint, restore_rng_state, save_checkpoint
 from .early_stopping import EarlyStopping
-from .epoch import EpochStats, StopRequested, evaluate, run_train_epoch
+from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, run_train_epoch
 from .optim import Precision, build_optimizer, build_scheduler, resolve_device
 from .output_capture import CapturedOutput, capture_output
 
@@ -475,7 +475,12 @@ class _TrainingRun:
             self.model.load_state_dict(best["model"])
             stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names)
             test_metrics = stats.metrics
-            writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples)
+            extra = {}
+            if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
+                extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
+                                                              device=self.device, n_classes=self.meta.n_classes),
+                         "class_names": list(self.meta.label_names)}
+            writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples, **extra)
             print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
         self.history.write(self.run_dir / "training_history.json")
         write_model_info(
