@@ -37,7 +37,7 @@ from thesis_lib import train
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.facts import load_runs
 from thesis_lib.telemetry import ScriptedBackend, TelemetrySampler
-from thesis_lib.train import loop as loop_module  # the module: `thesis_lib.train` names the function
+from thesis_lib.train import resources as resources_module  # the module: `thesis_lib.train` names the function
 
 SCRIPTED_GPU = [{"name": "Scripted H100", "uuid": "GPU-00000000-bench"}]
 
@@ -123,9 +123,9 @@ def main() -> None:
     args = parser.parse_args()
     backend = args.backend or ("auto" if args.device.startswith("cuda") else "scripted")
     if backend == "scripted":
-        loop_module._telemetry_backend = lambda device: scripted_backend()
+        resources_module.telemetry_backend = lambda device: scripted_backend()
     elif backend == "auto":
-        loop_module._telemetry_backend = lambda device: "auto"
+        resources_module.telemetry_backend = lambda device: "auto"
     results: dict[str, list[float]] = {"on": [], "off": [], "on_best": [], "off_best": []}
     last_on_run: Path | None = None
     with tempfile.TemporaryDirectory() as tmp:

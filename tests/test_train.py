@@ -1,7 +1,6 @@
 """train(): the run directory it leaves, its statuses, resume, and what survives a kill."""
 
 import json
-import os
 import signal
 import subprocess
 import sys

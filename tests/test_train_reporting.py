@@ -13,7 +13,7 @@ from thesis_lib.facts import load_runs, read_events, read_steps, read_telemetry
 from thesis_lib.telemetry import ScriptedBackend
 
 # `thesis_lib.train` the attribute is the function; the module is reached through importlib.
-LOOP = importlib.import_module("thesis_lib.train.loop")
+RESOURCES = importlib.import_module("thesis_lib.train.resources")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_cpu_run_records_cpu_telemetry_steps_and_data_wait(events, tmp_path):
 
 
 def test_scripted_gpu_energy_reaches_epoch_facts(events, tmp_path, monkeypatch):
-    monkeypatch.setattr(LOOP, "_telemetry_backend", lambda device: _scripted())
+    monkeypatch.setattr(RESOURCES, "telemetry_backend", lambda device: _scripted())
     # batch 8: epochs long enough (~90 steps) to hold several 0.1 s samples each
     result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0, "sync_every_n_steps": 4},
                            data={"path": str(events), "batch_size": 8}))
@@ -79,7 +79,7 @@ def test_scripted_gpu_energy_reaches_epoch_facts(events, tmp_path, monkeypatch):
 
 
 def test_nvml_error_mid_run_keeps_training_and_facts(events, tmp_path, monkeypatch):
-    monkeypatch.setattr(LOOP, "_telemetry_backend", lambda device: _scripted(fail_after=3))
+    monkeypatch.setattr(RESOURCES, "telemetry_backend", lambda device: _scripted(fail_after=3))
     with pytest.warns(UserWarning, match="GPU is lost"):
         # batch 8: a run of a second or more, so the scripted GPU fails partway through
         result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0},

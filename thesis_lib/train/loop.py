@@ -28,6 +28,8 @@ from .early_stopping import EarlyStopping
 from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, run_train_epoch
 from .optim import Precision, build_optimizer, build_scheduler, resolve_device
 from .output_capture import CapturedOutput, capture_output
+from .report_hook import render_report_fail_soft
+from .resources import RunResources
 
 __all__ = ["train", "RunResult", "seed_everything"]
 
@@ -132,9 +134,9 @@ class _TrainingRun:
         self.start_epoch, self.global_step, self.samples_total, self.elapsed_before = 0, 0, 0, 0.0
         self.best_epoch: Optional[int] = None
         self.best_val_loss = math.inf
-        self.energy_total_j = 0.0
+        self.energy_before_j = 0.0
         self.step_rows: list[dict] = []  # steps.csv rows, buffered so the step does no I/O
-        self.sampler = None
+        self.resources: Optional[RunResources] = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
 
@@ -152,7 +154,7 @@ class _TrainingRun:
         self.elapsed_before = float(state["elapsed_s"])
         self.best_epoch = state["best_epoch"]
         self.best_val_loss = float(state["best_val_loss"])
-        self.energy_total_j = float(state.get("energy_j", 0.0))
+        self.energy_before_j = float(state.get("energy_j", 0.0))
         # Last: everything above may have drawn random numbers while being built.
         restore_rng_state(state["rng"])
 
@@ -203,11 +205,12 @@ class _TrainingRun:
             self._print_header()
             if self.dashboard is not None:
                 self.dashboard.on_start(self._dashboard_info())
-            self.sampler = self._start_sampler(started)
+            self.resources = RunResources(cfg.telemetry, self.device, run_dir / TELEMETRY_FILE, started,
+                                          energy_before_j=self.energy_before_j)
             try:
                 status, reason, error = self._fit(writer)
             finally:
-                telemetry = self.sampler.stop() if self.sampler is not None else None
+                telemetry = self.resources.stop()
             total_time = time.time() - started
             test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
         result = RunResult(
@@ -226,31 +229,11 @@ class _TrainingRun:
                                                    "total_time_s": total_time, "run_dir": str(run_dir)})
         self._close_dashboard()  # before the report: its lines and the summary reach the console again
         if cfg.report.enabled:
-            _render_report_fail_soft(run_dir)
+            render_report_fail_soft(run_dir)
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
             raise error
         return result
-
-    def _start_sampler(self, started: float):
-        """The telemetry thread (NVML + this process's CPU/RSS), or None when telemetry is off."""
-        if not self.cfg.telemetry.enabled:
-            return None
-        from ..telemetry import TelemetrySampler, nvml_indices_for_torch_devices
-
-        backend = _telemetry_backend(self.device)
-        devices = None  # every device of the backend: the scripted stand-in's, or none on CPU
-        if self.device.type == "cuda":
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            devices = nvml_indices_for_torch_devices([index])
-        return TelemetrySampler(
-            self.run_dir / TELEMETRY_FILE,
-            interval_s=self.cfg.telemetry.interval_s,
-            energy_interval_s=self.cfg.telemetry.energy_interval_s,
-            devices=devices,
-            backend=backend,
-            start_time=started,
-        ).start()
 
     def _dashboard_info(self) -> dict:
         cfg = self.cfg
@@ -325,15 +308,13 @@ class _TrainingRun:
         def on_sync(batch_index: int, running: dict[str, float], samples: int) -> None:
             add_step_row(self.global_step + batch_index // accum, running["loss"], samples)
             if dashboard is not None:
-                gpu = self.sampler.latest() if self.sampler is not None else None
+                gpu = self.resources.latest_gpu()
                 dashboard.on_sync(epoch, batch_index, steps_per_epoch, running, samples, lr, gpu)
             if print_every and batch_index - last_print[0] >= print_every:
                 last_print[0] = batch_index
                 print(f"[{run_id}] epoch {epoch} step {batch_index}/{len(train_loader)} loss {running['loss']:.4f}")
 
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
+        self.resources.begin_epoch()
         train_stats = run_train_epoch(
             self.model,
             train_loader,
@@ -356,7 +337,7 @@ class _TrainingRun:
         self.global_step += train_stats.steps
         self.samples_total += train_stats.samples
         add_step_row(self.global_step, train_stats.metrics["loss"], train_stats.samples)
-        resources = self._epoch_resources(train_stats)
+        resources = self.resources.end_epoch(train_stats.data_wait_frac)
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
@@ -376,21 +357,6 @@ class _TrainingRun:
             f"  {train_stats.throughput:,.0f} samples/s  {train_stats.seconds + val_stats.seconds:.1f}s"
         )
         return stop
-
-    def _epoch_resources(self, train_stats: EpochStats) -> dict:
-        """The epoch's energy, power, GPU use and memory peaks (None where there is no GPU)."""
-        marked = self.sampler.mark() if self.sampler is not None else {}
-        if marked.get("energy_j") is not None:
-            self.energy_total_j += marked["energy_j"]
-        vram = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
-        return {
-            "data_wait_frac": train_stats.data_wait_frac,
-            "energy_j": marked.get("energy_j"),
-            "power_avg_w": marked.get("power_avg_w"),
-            "gpu_util_avg": marked.get("gpu_util_avg"),
-            "vram_peak_mb": vram,
-            "nvml_mem_peak_mb": marked.get("nvml_mem_peak_mb"),
-        }
 
     def _write_epoch_facts(self, writer: RunWriter, epoch: int, lr: float, train_stats: EpochStats,
                            val_stats: EpochStats, resources: dict) -> None:
@@ -415,7 +381,7 @@ class _TrainingRun:
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss,
             resources=resources,
-            energy_so_far_j=self.energy_total_j if resources["energy_j"] is not None else None,
+            energy_so_far_j=self.resources.energy_total_j if resources["energy_j"] is not None else None,
         )
         writer.steps(self.step_rows)
         self.step_rows.clear()
@@ -440,7 +406,7 @@ class _TrainingRun:
                 "elapsed_s": time.time() - self._origin,
                 "best_epoch": self.best_epoch,
                 "best_val_loss": self.best_val_loss,
-                "energy_j": self.energy_total_j,
+                "energy_j": self.resources.energy_total_j,
                 "rng": capture_rng_state(),
             },
         )
@@ -495,31 +461,6 @@ class _TrainingRun:
             test_metrics=test_metrics,
         )
         return test_metrics
-
-
-def _telemetry_backend(device: torch.device):
-    """NVML ("auto") for a CUDA run, none for a CPU run; tests swap in the scripted NVML stand-in here."""
-    return "auto" if device.type == "cuda" else None
-
-
-def _render_report_fail_soft(run_dir: Path) -> None:
-    """Render report/ for the run; a failure is printed (and so logged), never raised."""
-    try:
-        from ..reports import render_run_report
-
-        paths = render_run_report(run_dir)
-        print(f"report: {paths.get('html') or paths.get('markdown')}")
-    except ImportError as exc:
-        # Machines without papermill/nbconvert (a bare GPU image): the Markdown report alone.
-        try:
-            from ..reports import write_run_report_markdown
-
-            paths = write_run_report_markdown(run_dir)
-            print(f"report (Markdown only, {exc.name or exc} missing): {paths.get('markdown')}")
-        except Exception as inner:  # noqa: BLE001 - fail-soft by contract
-            print(f"warning: report not rendered for {run_dir}: {type(inner).__name__}: {inner}")
-    except Exception as exc:  # noqa: BLE001 - a report failure must never fail the run
-        print(f"warning: report not rendered for {run_dir}: {type(exc).__name__}: {exc}")
 
 
 def _fmt(value: Optional[float]) -> str:
