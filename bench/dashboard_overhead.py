@@ -81,15 +81,25 @@ def hot_path_rates(cfg: dict, rounds: int) -> dict[str, dict[str, list[float]]]:
             if dashboard is not None:
                 dashboard.on_start({"run_id": "bench", "epochs": 10 ** 6, "start_epoch": 0,
                                     "steps_per_epoch": steps_per_epoch})
-            on_sync = None
+            on_sync = refresh_due = None
             if dashboard is not None:
-                def on_sync(batch, running, samples, _d=dashboard, _e=epoch):
+                # As train() does: a live dashboard (widget, terminal) also gets a sync point every
+                # update interval, so that cost is in the measurement too.
+                next_refresh = [time.perf_counter() + 0.25]
+
+                def on_sync(batch, running, samples, scheduled, _d=dashboard, _e=epoch, _n=next_refresh):
+                    _n[0] = time.perf_counter() + 0.25
                     _d.on_sync(_e, batch, steps_per_epoch, running, samples, 1e-3, None)
+
+                if dashboard.owns_console:
+                    def refresh_due(_n=next_refresh):
+                        return time.perf_counter() >= _n[0]
             loaders["train"].set_epoch(epoch)
             wall, cpu = time.perf_counter(), time.process_time()
             stats = run_train_epoch(model, loaders["train"], optimizer, precision, device=device, names=names,
                                     sync_every=resolved.trainer.sync_every_n_steps, epoch=epoch, on_sync=on_sync,
-                                    control=dashboard.control if dashboard is not None else None)
+                                    control=dashboard.control if dashboard is not None else None,
+                                    refresh_due=refresh_due)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu

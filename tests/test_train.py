@@ -256,3 +256,44 @@ def test_ctrl_c_stops_with_checkpoints_and_facts(events, tmp_path):
     for name in ("last.pt", "best_val.pt", "model.pt"):
         assert (run_dir / name).is_file()
     assert "interrupted" in (run_dir / "logs" / "stdout.log").read_text()
+
+
+class _CountingDashboard:
+    """A console-owning dashboard that only counts what the loop hands it."""
+
+    owns_console = True
+
+    def __init__(self):
+        self.syncs = []
+
+    def on_start(self, info):
+        pass
+
+    def on_sync(self, epoch, batch, steps_per_epoch, metrics, samples, lr, gpu):
+        self.syncs.append((epoch, batch))
+
+    def on_epoch_end(self, *args):
+        pass
+
+    def control(self):
+        return "run"
+
+    def on_end(self, status, stop_reason, summary):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_live_dashboard_is_refreshed_between_scheduled_syncs(events, tmp_path):
+    from thesis_lib.facts import read_steps
+
+    dashboard = _CountingDashboard()
+    cfg = _config(events, tmp_path, data={"path": str(events), "batch_size": 8},
+                  trainer={"epochs": 1, "sync_every_n_steps": 10_000}, logging={"update_interval_ms": 10})
+    result = train(cfg, dashboard=dashboard)
+    assert result.status == "COMPLETED"
+    # no scheduled sync point in 105 steps, yet the dashboard saw fresh numbers as time passed
+    assert len(dashboard.syncs) >= 2 and all(epoch == 0 for epoch, _ in dashboard.syncs)
+    # steps.csv keeps its fixed resolution: only the epoch-end row
+    assert list(read_steps(result.run_dir)["step"]) == [105]

@@ -83,13 +83,16 @@ def run_train_epoch(
     sync_every: int = 50,
     max_steps: int = 0,
     epoch: int = 0,
-    on_sync: Optional[Callable[[int, dict[str, float], int], None]] = None,
+    on_sync: Optional[Callable[[int, dict[str, float], int, bool], None]] = None,
     control: Optional[Callable[[], str]] = None,
+    refresh_due: Optional[Callable[[], bool]] = None,
 ) -> EpochStats:
     """Train for one pass over `batches`; returns the epoch's mean metrics.
 
     `control`, when given, is asked between steps whether to go on ("run") or "stop"; it
     returns at once unless its UI is due for a poll (a dashboard's Pause blocks inside it).
+    `refresh_due`, when given and True, adds a sync point between the scheduled ones (a live
+    dashboard asks at most every update interval); `on_sync` learns which kind it was.
 
     Raises:
         NonFiniteLossError: the running loss read at a sync point is NaN or infinite.
@@ -130,11 +133,12 @@ def run_train_epoch(
             optimizer_steps += 1
             pending = 0
         metrics.add(values, batch["labels"].shape[0])
-        if (index + 1) % sync_every == 0:
-            running = metrics.read()  # sync point, once every `sync_every` steps
+        scheduled = (index + 1) % sync_every == 0
+        if scheduled or (refresh_due is not None and refresh_due()):
+            running = metrics.read()  # sync point: every `sync_every` steps, or a live view's refresh
             _check_finite(running, f"in epoch {epoch} by step {index + 1}")
             if on_sync is not None:
-                on_sync(index + 1, running, metrics.count)
+                on_sync(index + 1, running, metrics.count, scheduled)
         if control is not None and control() == "stop":
             raise StopRequested(f"stopped by the user in epoch {epoch} after step {index + 1}")
     if pending:

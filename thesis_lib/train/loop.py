@@ -305,8 +305,18 @@ class _TrainingRun:
 
         dashboard, steps_per_epoch = self.dashboard, self._steps_per_epoch()
 
-        def on_sync(batch_index: int, running: dict[str, float], samples: int) -> None:
-            add_step_row(self.global_step + batch_index // accum, running["loss"], samples)
+        # A live dashboard gets fresh numbers every update interval, not only every
+        # sync_every_n_steps (on a slow model that could be many seconds); each costs one sync.
+        refresh_s = cfg.logging.update_interval_ms / 1000.0
+        next_refresh = [time.perf_counter() + refresh_s]
+
+        def refresh_due() -> bool:
+            return time.perf_counter() >= next_refresh[0]
+
+        def on_sync(batch_index: int, running: dict[str, float], samples: int, scheduled: bool) -> None:
+            next_refresh[0] = time.perf_counter() + refresh_s
+            if scheduled:  # steps.csv keeps its fixed resolution
+                add_step_row(self.global_step + batch_index // accum, running["loss"], samples)
             if dashboard is not None:
                 gpu = self.resources.latest_gpu()
                 dashboard.on_sync(epoch, batch_index, steps_per_epoch, running, samples, lr, gpu)
@@ -329,6 +339,7 @@ class _TrainingRun:
             epoch=epoch,
             on_sync=on_sync,
             control=dashboard.control if dashboard is not None else None,
+            refresh_due=refresh_due if dashboard is not None and dashboard.owns_console else None,
         )
         val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names)
         val_loss = val_stats.metrics["loss"]
