@@ -5,17 +5,9 @@ else couples the two.
 """
 
 from .env import collect_env
-from .reader import (
-    discover_runs,
-    load_runs,
-    read_config,
-    read_events,
-    read_scalars,
-    read_steps,
-    read_telemetry,
-    run_status,
-)
+from .reader import read_config, read_events, read_scalars, read_steps, read_telemetry
 from .run_dir import atomic_open, atomic_write_bytes, atomic_write_text, create_run_dir, sanitize_run_name
+from .runs_table import discover_runs, load_runs
 from .schema import (
     BASE_SCALAR_COLUMNS,
     MOMENTS,
@@ -28,6 +20,7 @@ from .schema import (
     config_hash,
     scalar_columns,
 )
+from .status import run_status
 from .writer import RunWriter
 
 __all__ = [
