@@ -221,6 +221,19 @@ def test_pause_blocks_control_until_resumed():
     assert not dashboard.state.paused
 
 
+def test_a_pause_seen_at_epoch_end_holds_the_next_step():
+    clock, sleeps, holder = FakeClock(), [], {}
+    # Poll 2 is on_epoch_end's (the click arrived during validation); poll 4 is the Resume.
+    poller = CountingPoller({2: lambda: holder["d"].pause_button.click(), 4: lambda: holder["d"].pause_button.click()})
+    dashboard = holder["d"] = _widget(poller, clock, sleeps=sleeps)
+    dashboard.on_start(INFO)
+    assert dashboard.control() == "run"  # the first call polls; the next poll is 0.25 s away
+    dashboard.on_epoch_end(0, {"loss": 0.1}, {"loss": 0.2}, 0.1, 0.5, 100.0, {}, 0.2, True)
+    assert dashboard.state.paused and dashboard.pause_button.description == "Resume"
+    assert dashboard.control() == "run"  # blocked until Resume, though no poll was due by the clock
+    assert poller.calls == 4 and sleeps and not dashboard.state.paused
+
+
 def test_stop_while_paused_ends_the_wait():
     holder = {}
     poller = CountingPoller({1: lambda: holder["d"].pause_button.click(), 3: lambda: holder["d"].stop_button.click()})

@@ -102,7 +102,9 @@ class LiveDashboard:
     def control(self) -> str:
         self._steps += 1
         now = self._clock()
-        if now < self._next_poll:
+        # A Pause clicked during validation (seen by on_epoch_end) must hold the very next step,
+        # not the first one after the poll interval: the widget already shows "Resume".
+        if now < self._next_poll and not self.state.paused:
             return "stop" if self.state.stop_requested else "run"
         return self._poll(now)
 
