@@ -16,6 +16,7 @@ from .errors import (
     SchemaVersionError,
     ThesisLibError,
 )
+from .export import export_model
 from .facts import RunWriter, discover_runs, load_runs
 from .models import build_model
 from .sweep import SweepResult, sweep
@@ -35,6 +36,7 @@ __all__ = [
     "make_synthetic_events",
     "make_loaders",
     "build_model",
+    "export_model",
     "ThesisLibError",
     "ConfigError",
     "DataError",

@@ -1,4 +1,4 @@
-"""`thesis-lib train | demo | make-data | runs | report | sweep`: thin wrappers over the library's functions."""
+"""`thesis-lib train | demo | make-data | runs | report | sweep | export`: thin wrappers over the library's functions."""
 
 from __future__ import annotations
 
@@ -86,6 +86,15 @@ def _cmd_report_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    paths = export_model(args.run_dir, args.formats, output_dir=args.output_dir, opset=args.opset)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thesis-lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -127,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--markdown-only", action="store_true", help="write report.md and the figures without papermill/nbconvert"
     )
     report_run_p.set_defaults(func=_cmd_report_run)
+
+    from .export import EXPORT_FORMATS
+
+    export_p = commands.add_parser(
+        "export", help="export a run's best model (state_dict, TorchScript, ONNX), each checked against the eager model"
+    )
+    export_p.add_argument("run_dir", help="the run directory (config.yaml, data_meta.json, model.pt)")
+    export_p.add_argument("--format", dest="formats", action="append", choices=EXPORT_FORMATS,
+                          help="a format to write; repeat for several (default: all, onnx when its packages are installed)")
+    export_p.add_argument("--output-dir", help="where the files go (default: <run_dir>/exports)")
+    export_p.add_argument("--opset", type=int, help="ONNX opset version (default: torch's own)")
+    export_p.set_defaults(func=_cmd_export)
 
     from .reports.sweep_report import add_report_sweep_command
     from .sweep.runner import add_sweep_command

@@ -1,0 +1,374 @@
+"""Exporting a finished run's model: a plain state_dict, TorchScript and ONNX, each checked against eager.
+
+Everything comes from the run directory alone (config.yaml + data_meta.json + model.pt, rebuilt by
+``reports.inference.load_run_model``), on the CPU. TorchScript and ONNX take positional tensors
+``(tokens_id int64 [B, T], tokens_cont float32 [B, T, C], globals float32 [B, G])``, z-scored
+with the run's normalization from data_meta.json exactly as the training loader did, and return:
+
+    autoencoder: (recon_cont [B, T, C], recon_id_logits [B, T, V], recon_globals [B, G], latent [B, D])
+    classifier:  logits [B, n_classes]  (one tensor, not a tuple)
+
+``latent`` is the encoder output before the bottleneck. The batch axis is dynamic in both. Every
+format is reloaded and compared with the eager model, at the example batch size and at a second
+size, before its file is written; the largest difference is recorded in ``export_info.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import ConfigError, ModelError, ThesisLibError
+from .facts.run_dir import atomic_write_bytes, atomic_write_text
+from .facts.schema import CONFIG_FILE
+from .models import build_model
+
+__all__ = ["EXPORT_FORMATS", "EXPORT_INFO_FILE", "INPUT_NAMES", "ExportWrapper", "export_model"]
+
+log = logging.getLogger(__name__)
+
+EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx")
+EXPORT_FILES = {"state_dict": "model_state_dict.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+EXPORT_INFO_FILE = "export_info.json"
+EXPORTS_DIR = "exports"
+MODEL_INFO_FILE = "model_info.json"
+REQUIRED_FILES = (CONFIG_FILE, "data_meta.json", "model.pt")
+INPUT_NAMES: tuple[str, ...] = ("tokens_id", "tokens_cont", "globals")
+BATCH_AXIS = "batch"
+ATOL = 1e-5
+# forward() key -> exported output name; names differ from the inputs (ONNX needs unique names).
+_OUTPUTS = {
+    "autoencoder": (("cont", "recon_cont"), ("id_logits", "recon_id_logits"), ("globals", "recon_globals"),
+                    ("z", "latent")),
+    "classifier": (("logits", "logits"),),
+}
+_ONNX_HINT = "pip install 'thesis-lib[onnx]'"
+
+
+class ExportWrapper(nn.Module):
+    """The model behind positional tensors: (tokens_id, tokens_cont, globals) -> plain tensors.
+
+    Which outputs, in what order, is decided from the keys the model's forward returns
+    ("logits" -> classifier; "cont", "id_logits", "globals", "z" -> autoencoder).
+    """
+
+    def __init__(self, model: nn.Module, forward_keys: Sequence[str]) -> None:
+        super().__init__()
+        self.model = model
+        self.forward_keys = tuple(forward_keys)
+
+    def forward(self, tokens_id: torch.Tensor, tokens_cont: torch.Tensor, globals: torch.Tensor):
+        """The picked outputs of model(batch dict): one tensor, or a tuple when there are several."""
+        outputs = self.model({"tokens_id": tokens_id, "tokens_cont": tokens_cont, "globals": globals})
+        picked = tuple(outputs[key] for key in self.forward_keys)
+        return picked[0] if len(picked) == 1 else picked
+
+
+def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
+                 output_dir: str | Path | None = None, example_batch_size: int = 2,
+                 opset: int | None = None, atol: float = ATOL) -> dict[str, Path]:
+    """Export a finished run's best model (model.pt) to the given formats, each verified against eager.
+
+    Args:
+        run_dir: the run directory (config.yaml, data_meta.json and model.pt are read).
+        formats: any of "state_dict" (model_state_dict.pt), "torchscript" (model.torchscript.pt,
+            traced; load with torch.jit.load) and "onnx" (model.onnx; needs the [onnx] extra).
+            None: all three, or the first two with a logged note when the onnx packages are missing.
+        output_dir: where the files go (default: <run_dir>/exports).
+        example_batch_size: rows of the synthetic example batch used for tracing and checks (>= 2:
+            torch.export would fix a batch axis of size 1 as a constant).
+        opset: ONNX opset version (default: torch's own).
+        atol: the largest max-abs difference from the eager model an export may show.
+
+    Returns:
+        {format: path of its file, ..., "export_info": path of export_info.json}. export_info.json
+        records per format the file, sha256, size, inputs and outputs (names, shapes with the
+        dynamic "batch" axis, dtypes), torch version, opset and the max abs difference vs eager;
+        model_info.json (when the run has one) gains an "exports" entry listing the files.
+
+    Raises:
+        ConfigError: an unknown format name (the message lists the allowed ones), or
+            example_batch_size < 2.
+        ModelError: a file the rebuild needs is missing (named, with the run), the model cannot be
+            rebuilt or traced, the onnx packages are missing, or an export's outputs differ from
+            the eager model's by more than `atol` (the message names the format). Formats that
+            succeeded before the failure are written and recorded first.
+    """
+    run_dir = Path(run_dir)
+    wanted = _check_formats(formats if formats is not None else _available_formats())
+    if int(example_batch_size) < 2:
+        raise ConfigError(f"export example_batch_size={example_batch_size}; expected >= 2 (a batch axis of size 1 "
+                          "would be exported as a constant)")
+    model, config, meta = _load_run(run_dir, wanted)
+    out_dir = Path(output_dir) if output_dir is not None else run_dir / EXPORTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    sizes = (int(example_batch_size), int(example_batch_size) + 3)
+    batches = (_example_batch(meta, sizes[0], seed=0), _example_batch(meta, sizes[1], seed=1))
+    kind, keys = _forward_keys(model, batches[0], run_dir)
+    wrapper = ExportWrapper(model, keys).eval()
+    names = [name for _, name in _OUTPUTS[kind]]
+    with torch.no_grad():
+        expected = [_as_tuple(wrapper(*batch)) for batch in batches]
+    exporters: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
+        "state_dict": lambda: _export_state_dict(model, config, meta, keys),
+        "torchscript": lambda: _export_torchscript(wrapper, batches[0]),
+        "onnx": lambda: _export_onnx(wrapper, batches[0], names, opset),
+    }
+    specs = {"inputs": _specs(INPUT_NAMES, batches[0]), "outputs": _specs(names, expected[0])}
+    info = {"run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "task": config.model.task,
+            "thesis_lib": __version__, "created": _now(), "example_batch_size": sizes[0], "atol": atol,
+            "dynamic_axis": f"{BATCH_AXIS} (axis 0 of every input and output)",
+            "normalization": "inputs are z-scored with data_meta.json 'normalization' (padding tokens zero)",
+            "formats": _earlier_exports(out_dir, run_dir)}
+    written: dict[str, Path] = {}
+    try:
+        for fmt in wanted:
+            data, extra = exporters[fmt]()
+            try:
+                diff = max(_max_abs_diff(want, extra["run"](batch)) for want, batch in zip(expected, batches))
+            except Exception as exc:  # e.g. a runtime refusing a batch size the export fixed
+                raise ModelError(f"{fmt} export of {run_dir}: the reloaded model failed on the check batches "
+                                 f"(sizes {sizes[0]} and {sizes[1]}): {type(exc).__name__}: {str(exc)[:300]}") from exc
+            if not diff <= atol:  # also catches NaN
+                raise ModelError(f"{fmt} export of {run_dir} differs from the eager model by {diff:.3g} "
+                                 f"(max abs, allowed {atol}); nothing was written for {fmt}")
+            written[fmt] = atomic_write_bytes(out_dir / EXPORT_FILES[fmt], data)
+            info["formats"][fmt] = {
+                "file": EXPORT_FILES[fmt], "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+                **specs, "torch_version": torch.__version__, "opset": extra.get("opset"), "max_abs_diff": diff,
+                "checked_with": extra["checked_with"], "checked_batch_sizes": list(sizes), "load": extra["load"]}
+    finally:
+        # Also on failure: the formats written so far are recorded before the error propagates.
+        if written:
+            written["export_info"] = atomic_write_text(out_dir / EXPORT_INFO_FILE, json.dumps(info, indent=2))
+            _record_in_model_info(run_dir, out_dir, info["formats"], written["export_info"])
+    return written
+
+
+def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any]:
+    """(model in eval mode on the CPU, Config, DataMeta) of the run; ModelError naming what is missing."""
+    missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ModelError(f"cannot export run {run_dir}: {', '.join(missing)} not found there; the model is rebuilt "
+                         f"from {', '.join(REQUIRED_FILES)} (a run that failed before its first validation has no model.pt)")
+    if "onnx" in wanted:
+        _require_onnx()
+    # Imported here: the reports package pulls in sklearn and pandas, which `import thesis_lib` avoids.
+    from .reports.inference import load_run_model
+
+    try:
+        return load_run_model(run_dir, device="cpu")
+    except ThesisLibError as exc:
+        raise ModelError(f"cannot export: {exc}") from exc
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    """The formats asked for, deduplicated; ConfigError listing the allowed ones for an unknown name."""
+    if isinstance(formats, str):
+        formats = [formats]
+    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    if unknown or not formats:
+        raise ConfigError(f"export formats {list(formats)!r}: unknown {unknown!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    return list(dict.fromkeys(formats))
+
+
+def _available_formats() -> list[str]:
+    """Every format whose packages are installed (onnx needs the [onnx] extra)."""
+    try:
+        _require_onnx()
+    except ModelError as exc:
+        log.warning("exporting state_dict and torchscript only: %s", exc)
+        return [f for f in EXPORT_FORMATS if f != "onnx"]
+    return list(EXPORT_FORMATS)
+
+
+def _require_onnx() -> None:
+    """ModelError with the install command when torch.onnx.export's packages (onnx, onnxscript) are missing."""
+    for package in ("onnx", "onnxscript"):
+        try:
+            __import__(package)
+        except ImportError as exc:
+            raise ModelError(f"the onnx export needs the {package!r} package, which is not installed: "
+                             f"{_ONNX_HINT}") from exc
+
+
+def _example_batch(meta: Any, batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A deterministic batch shaped like the run's data: row i has i % (T + 1) real tokens (row 0 none)."""
+    gen = torch.Generator().manual_seed(seed)
+    t, c, g = meta.n_tokens, meta.cont_dim, meta.globals_dim
+    n_real = (torch.arange(batch_size) % (t + 1)).unsqueeze(1)
+    real = torch.arange(t).unsqueeze(0) < n_real
+    ids = torch.randint(1, max(meta.n_token_types, 2), (batch_size, t), generator=gen) * real
+    cont = torch.randn(batch_size, t, c, generator=gen) * real.unsqueeze(-1)
+    return ids.long(), cont, torch.randn(batch_size, g, generator=gen)
+
+
+def _forward_keys(model: nn.Module, example: Sequence[torch.Tensor], run_dir: Path) -> tuple[str, tuple[str, ...]]:
+    """(kind, forward()'s keys to export), decided from what forward returns on the example batch."""
+    with torch.no_grad():
+        outputs = model(dict(zip(INPUT_NAMES, example)))
+    if not isinstance(outputs, Mapping):
+        raise ModelError(f"{run_dir}: the model's forward returned a {type(outputs).__name__}; expected a dict")
+    for task in ("classifier", "autoencoder"):
+        keys = tuple(key for key, _ in _OUTPUTS[task])
+        if all(key in outputs for key in keys):
+            return task, keys
+    raise ModelError(f"{run_dir}: cannot tell which outputs to export from forward's keys {sorted(outputs)}; "
+                     f"expected {[k for k, _ in _OUTPUTS['classifier']]} or {[k for k, _ in _OUTPUTS['autoencoder']]}")
+
+
+def _as_tuple(outputs: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(outputs) if isinstance(outputs, (tuple, list)) else (outputs,)
+
+
+def _max_abs_diff(expected: Sequence[torch.Tensor], got: Sequence[Any]) -> float:
+    """Largest |expected - got| over all outputs; inf when the output counts or shapes differ."""
+    if len(expected) != len(got):
+        return float("inf")
+    worst = 0.0
+    for want, have in zip(expected, got):
+        have = torch.as_tensor(np.asarray(have))
+        if tuple(have.shape) != tuple(want.shape):
+            return float("inf")
+        worst = max(worst, float((want.double() - have.double()).abs().max()) if want.numel() else 0.0)
+    return worst
+
+
+def _export_state_dict(model: nn.Module, config: Any, meta: Any, keys: Sequence[str]) -> tuple[bytes, dict]:
+    """torch.save of the state_dict, checked by loading it into a freshly built model."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    data = buffer.getvalue()
+    fresh = build_model(config.model, meta)
+    fresh.load_state_dict(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    reloaded = ExportWrapper(fresh, keys).eval()
+    return data, {"run": lambda batch: _run_torch(reloaded, batch), "checked_with": "build_model + load_state_dict",
+                  "load": "build_model(config.model, meta).load_state_dict(torch.load(path, weights_only=True))"}
+
+
+def _export_torchscript(wrapper: ExportWrapper, example: Sequence[torch.Tensor]) -> tuple[bytes, dict]:
+    """torch.jit.trace of the wrapper, saved to bytes and reloaded with torch.jit.load for the check."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # The encoders' Python shape checks freeze into the trace; the check at a second batch size guards that.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch 2.13 deprecates torch.jit for torch.export; TorchScript is still what C++ and older servers load.
+        warnings.filterwarnings("ignore", r"`torch\.jit\.\w+` is deprecated", DeprecationWarning)
+        try:
+            traced = torch.jit.trace(wrapper, tuple(example), check_trace=False)
+        except Exception as exc:  # tracing raises many types for unsupported code
+            raise ModelError(f"torchscript export: torch.jit.trace failed ({type(exc).__name__}: {exc})") from exc
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        data = buffer.getvalue()
+        loaded = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    return data, {"run": lambda batch: _run_torch(loaded, batch), "checked_with": "torch.jit.load",
+                  "load": "torch.jit.load(path)(tokens_id, tokens_cont, globals)"}
+
+
+def _export_onnx(wrapper: ExportWrapper, example: Sequence[torch.Tensor], names: Sequence[str],
+                 opset: int | None) -> tuple[bytes, dict]:
+    """torch.onnx.export (dynamo) with a dynamic batch axis, checked with onnxruntime (or onnx's reference runtime)."""
+    import onnx
+
+    batch = torch.export.Dim(BATCH_AXIS)
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # torch.onnx logs a warning per missing torchvision op
+    try:
+        with warnings.catch_warnings():
+            # The exporter warns about torch internals (deprecations, axis renames); whether the
+            # export is right is decided by the numerical check against eager, not by these.
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(wrapper, tuple(example), input_names=list(INPUT_NAMES), output_names=list(names),
+                                        opset_version=opset, dynamo=True, verbose=False,
+                                        dynamic_shapes={name: {0: batch} for name in INPUT_NAMES})
+        data = program.model_proto.SerializeToString()
+    except Exception as exc:  # the exporter raises many types (export, translation, protobuf size)
+        raise ModelError(f"onnx export: torch.onnx.export failed ({type(exc).__name__}: {str(exc)[:500]})") from exc
+    finally:
+        quiet.setLevel(level)
+    proto = onnx.load_from_string(data)
+    opset_found = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    run, checked_with = _onnx_runner(data, proto)
+    return data, {"run": run, "checked_with": checked_with, "opset": opset_found,
+                  "load": "onnxruntime.InferenceSession(path).run(None, {'tokens_id': ..., 'tokens_cont': ..., 'globals': ...})"}
+
+
+def _onnx_runner(data: bytes, proto: Any) -> tuple[Callable, str]:
+    """A function batch -> outputs running the ONNX model, and what runs it (onnxruntime when installed)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+
+        session, checked_with = ReferenceEvaluator(proto), "onnx.reference (onnxruntime not installed)"
+    else:
+        session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+        checked_with = f"onnxruntime {onnxruntime.__version__}"
+    return (lambda batch: session.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, batch)})), checked_with
+
+
+def _run_torch(module: Callable, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    with torch.no_grad():
+        return _as_tuple(module(*batch))
+
+
+def _specs(names: Sequence[str], tensors: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """[{name, shape (axis 0 = "batch"), dtype}] for export_info.json."""
+    return [{"name": n, "shape": [BATCH_AXIS, *t.shape[1:]], "dtype": str(t.dtype).removeprefix("torch.")}
+            for n, t in zip(names, tensors)]
+
+
+def _earlier_exports(out_dir: Path, run_dir: Path) -> dict[str, dict]:
+    """Format entries of an earlier export_info.json of the same run in out_dir whose files still exist."""
+    earlier = _read_json(out_dir / EXPORT_INFO_FILE) or {}
+    if earlier.get("run_dir") != str(run_dir.resolve()) or not isinstance(earlier.get("formats"), dict):
+        return {}
+    return {fmt: entry for fmt, entry in earlier["formats"].items()
+            if fmt in EXPORT_FILES and isinstance(entry, dict) and (out_dir / str(entry.get("file"))).is_file()}
+
+
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when it is missing or unreadable (logged)."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _record_in_model_info(run_dir: Path, out_dir: Path, formats_info: Mapping[str, Mapping], info_path: Path) -> None:
+    """Add an "exports" entry to the run's model_info.json (read, modify, atomic write); skipped if it has none."""
+    path = run_dir / MODEL_INFO_FILE
+    model_info = _read_json(path)
+    if model_info is None:
+        log.warning("%s: no readable %s; the exports are listed in %s only", run_dir, MODEL_INFO_FILE, info_path)
+        return
+
+    def shown(p: Path) -> str:
+        p = p.resolve()
+        return str(p.relative_to(run_dir.resolve())) if p.is_relative_to(run_dir.resolve()) else str(p)
+
+    model_info["exports"] = {"export_info": shown(info_path),
+                             "formats": {fmt: shown(out_dir / entry["file"]) for fmt, entry in formats_info.items()},
+                             "updated": _now()}
+    atomic_write_text(path, json.dumps(model_info, indent=2))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
