@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,30 +46,34 @@ class _BlockStream(IterableDataset):
     """Contiguous blocks read in a (seed, epoch)-shuffled order, rows shuffled within a buffer.
 
     Under a DataLoader with workers, worker w takes blocks w, w+W, ... of the epoch's block
-    order, so every row is seen exactly once per epoch whatever the worker count.
+    order, so every row is seen exactly once per epoch whatever the worker count. With several
+    shards (DDP ranks), shard s reads the blocks of its workers s*W + w, s*W + w + S*W, ...
     """
 
     def __init__(self, event_file: EventFile, split: str, num_rows: int, block_rows: int, batch_size: int,
-                 shuffle: bool, seed: int, drop_last: bool, normalization: Normalization, buffer_blocks: int):
+                 shuffle: bool, seed: int, drop_last: bool, normalization: Normalization, buffer_blocks: int,
+                 shard: int = 0, num_shards: int = 1):
         super().__init__()
         self.event_file, self.split, self.batch_size = event_file, split, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.normalization, self.buffer_blocks = normalization, buffer_blocks
+        self.shard, self.num_shards = shard, num_shards
         self.blocks = [(s, min(num_rows, s + block_rows)) for s in range(0, num_rows, block_rows)]
         self.epoch = 0
 
-    def worker_blocks(self, worker: int, num_workers: int) -> np.ndarray:
-        """Indices into self.blocks that `worker` reads this epoch."""
+    def worker_blocks(self, worker: int, num_workers: int, shard: int | None = None) -> np.ndarray:
+        """Indices into self.blocks that `worker` of `shard` (default: this one) reads this epoch."""
         order = np.arange(len(self.blocks))
         if self.shuffle:
             order = np.random.default_rng(_seed_words(self.seed, self.epoch)).permutation(order)
-        return order[worker::num_workers]
+        shard = self.shard if shard is None else shard
+        return order[shard * num_workers + worker::self.num_shards * num_workers]
 
-    def batches_per_worker(self, num_workers: int) -> list[int]:
-        """How many batches each worker yields this epoch (each carries its own remainder)."""
+    def batches_per_worker(self, num_workers: int, shard: int | None = None) -> list[int]:
+        """How many batches each worker of `shard` yields this epoch (each carries its own remainder)."""
         sizes = np.array([stop - start for start, stop in self.blocks], dtype=np.int64)
-        return [_batch_count(int(sizes[self.worker_blocks(w, num_workers)].sum()), self.batch_size, self.drop_last)
-                for w in range(num_workers)]
+        return [_batch_count(int(sizes[self.worker_blocks(w, num_workers, shard)].sum()), self.batch_size,
+                             self.drop_last) for w in range(num_workers)]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -127,13 +132,19 @@ class EventLoader:
     (contiguous chunk-aligned blocks in a shuffled order, rows shuffled within a buffer of
     `buffer_blocks` blocks). Call set_epoch(e) before each epoch: the order is a function of
     (seed, epoch) alone. Unshuffled memory-mode batches are views: do not modify them in place.
+
+    Sharded (`num_shards` > 1, one shard per DDP rank): in memory, shard s takes every S-th row
+    of the epoch's order from s, so batch i of all shards together is batch i of one process with
+    S times the batch size; streamed, shard s takes every S-th group of blocks. `equal_shards`
+    (training) trims every shard to the same number of batches, which DDP needs (each step is a
+    collective); evaluation shards may differ by a batch.
     """
 
     def __init__(self, source: EventFile | str | Path, split: str, *, batch_size: int, shuffle: bool = False,
                  seed: int = 0, normalization: Normalization | None = None, device: str | torch.device = "cpu",
                  mode: str = "auto", memory_budget_mb: float = 2048, device_budget_mb: float = 4096,
                  block_rows: int = 0, max_rows: int = 0, drop_last: bool = False, num_workers: int = 0,
-                 buffer_blocks: int = 4) -> None:
+                 buffer_blocks: int = 4, shard: int = 0, num_shards: int = 1, equal_shards: bool = False) -> None:
         """Choose the mode and, for memory/device, load the split.
 
         Args:
@@ -152,6 +163,9 @@ class EventLoader:
             drop_last: drop the final partial batch (per worker in stream mode with workers).
             num_workers: stream mode only: DataLoader worker processes reading disjoint blocks.
             buffer_blocks: stream mode: blocks shuffled together.
+            shard, num_shards: this loader's part of the split (DDP: rank and world size).
+            equal_shards: give every shard the same number of batches (rows past that are left
+                out of this epoch; a shuffled split leaves out different rows each epoch).
 
         Raises:
             ConfigError: a size, count or mode is out of range.
@@ -160,9 +174,12 @@ class EventLoader:
         self.event_file = source if isinstance(source, EventFile) else EventFile(source)
         for name, value, low in (("batch_size", batch_size, 1), ("max_rows", max_rows, 0),
                                  ("block_rows", block_rows, 0), ("num_workers", num_workers, 0),
-                                 ("buffer_blocks", buffer_blocks, 1)):
+                                 ("buffer_blocks", buffer_blocks, 1), ("num_shards", num_shards, 1)):
             if int(value) < low:
                 raise ConfigError(f"EventLoader {name}={value}; expected an integer >= {low}")
+        if not 0 <= int(shard) < int(num_shards):
+            raise ConfigError(f"EventLoader shard={shard}; expected 0 <= shard < num_shards={num_shards}")
+        self.shard, self.num_shards, self.equal_shards = int(shard), int(num_shards), bool(equal_shards)
         if mode not in LOADER_MODES:
             raise ConfigError(f"EventLoader mode={mode!r}; expected one of {list(LOADER_MODES)}")
         self.split, self.batch_size, self.shuffle, self.seed = split, int(batch_size), shuffle, int(seed)
@@ -187,7 +204,8 @@ class EventLoader:
         self._epoch = 0
         if self.mode == "stream":
             self._stream = _BlockStream(ef, split, self.num_rows, self.block_rows, self.batch_size, shuffle,
-                                        self.seed, drop_last, self.normalization, int(buffer_blocks))
+                                        self.seed, drop_last, self.normalization, int(buffer_blocks),
+                                        self.shard, self.num_shards)
         else:
             self._tensors = self._load_split()
 
@@ -208,29 +226,56 @@ class EventLoader:
         """Fix the order of the next iteration to the one of `epoch` (with this loader's seed)."""
         self._epoch = int(epoch)
 
+    @property
+    def shard_rows(self) -> int:
+        """Rows of the split this shard holds in memory mode (all of them unsharded)."""
+        if self.num_shards == 1:
+            return self.num_rows
+        if self.equal_shards:
+            return self.num_rows // self.num_shards
+        return len(range(self.shard, self.num_rows, self.num_shards))
+
     def __len__(self) -> int:
         if self.mode == "stream":
             self._stream.epoch = self._epoch
-            return sum(self._stream.batches_per_worker(max(1, self.num_workers)))
-        return _batch_count(self.num_rows, self.batch_size, self.drop_last)
+            workers = max(1, self.num_workers)
+            if self.equal_shards and self.num_shards > 1:
+                return min(sum(self._stream.batches_per_worker(workers, s)) for s in range(self.num_shards))
+            return sum(self._stream.batches_per_worker(workers))
+        return _batch_count(self.shard_rows, self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        batches = self._iter_stream() if self.mode == "stream" else self._iter_memory()
+        if self.mode == "stream":
+            batches = self._iter_stream()
+            if self.equal_shards and self.num_shards > 1:
+                batches = itertools.islice(batches, len(self))
+        else:
+            batches = self._iter_memory()
         to_device = self.mode != "device" and self.device.type != "cpu"
         for batch in batches:
             yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()} if to_device else batch
 
+    def _shard_index(self, storage: torch.device) -> torch.Tensor | None:
+        """This epoch's rows of this shard in order, or None for the whole split in file order (views)."""
+        if self.shuffle:
+            order = _epoch_permutation(self.num_rows, self.seed, self._epoch)
+        elif self.num_shards > 1:
+            order = torch.arange(self.num_rows)
+        else:
+            return None
+        return order[self.shard::self.num_shards][:self.shard_rows].to(storage)
+
     def _iter_memory(self) -> Iterator[dict[str, torch.Tensor]]:
         """Slices of one permutation per epoch: no per-sample Python work."""
-        storage = self._tensors["labels"].device
-        perm = _epoch_permutation(self.num_rows, self.seed, self._epoch).to(storage) if self.shuffle else None
+        index = self._shard_index(self._tensors["labels"].device)
+        rows = self.shard_rows
         for b in range(len(self)):
-            lo, hi = b * self.batch_size, min(self.num_rows, (b + 1) * self.batch_size)
-            if perm is None:
+            lo, hi = b * self.batch_size, min(rows, (b + 1) * self.batch_size)
+            if index is None:
                 yield {k: v[lo:hi] for k, v in self._tensors.items()}
             else:
-                index = perm[lo:hi]
-                yield {k: v.index_select(0, index) for k, v in self._tensors.items()}
+                batch_index = index[lo:hi]
+                yield {k: v.index_select(0, batch_index) for k, v in self._tensors.items()}
 
     def _iter_stream(self) -> Iterator[dict[str, torch.Tensor]]:
         """Blocks in this process, or through DataLoader workers that each open the file themselves."""
@@ -244,8 +289,9 @@ class EventLoader:
                               pin_memory=self.device.type == "cuda")
 
     def __repr__(self) -> str:
+        shard = f", shard={self.shard}/{self.num_shards}" if self.num_shards > 1 else ""
         return (f"EventLoader(split={self.split!r}, mode={self.mode!r}, rows={self.num_rows}, "
-                f"batch_size={self.batch_size}, shuffle={self.shuffle}, device={str(self.device)!r})")
+                f"batch_size={self.batch_size}, shuffle={self.shuffle}, device={str(self.device)!r}{shard})")
 
 
 @dataclass
@@ -290,7 +336,8 @@ class DataMeta:
         return cls(**values)
 
 
-def make_loaders(data_cfg, *, device: str | torch.device, seed: int) -> tuple[dict[str, EventLoader], DataMeta]:
+def make_loaders(data_cfg, *, device: str | torch.device, seed: int, shard: int = 0,
+                 num_shards: int = 1) -> tuple[dict[str, EventLoader], DataMeta]:
     """Loaders for every split of the file in data_cfg.path, normalized with train statistics.
 
     Args:
@@ -299,6 +346,8 @@ def make_loaders(data_cfg, *, device: str | torch.device, seed: int) -> tuple[di
             (0: all; caps each split) — a DataConfig or a SimpleNamespace.
         device: where batches land.
         seed: shuffle seed of the train loader (with the epoch set by set_epoch).
+        shard, num_shards: this process's part of every split (DDP rank and world size); the
+            train shards get equal batch counts.
 
     Returns:
         ({split: EventLoader} with train shuffled and val/test in file order, DataMeta).
@@ -322,7 +371,8 @@ def make_loaders(data_cfg, *, device: str | torch.device, seed: int) -> tuple[di
                            memory_budget_mb=getattr(data_cfg, "memory_budget_mb", 2048),
                            device_budget_mb=getattr(data_cfg, "device_budget_mb", 4096),
                            block_rows=getattr(data_cfg, "block_rows", 0), max_rows=max_rows,
-                           num_workers=getattr(data_cfg, "num_workers", 0))
+                           num_workers=getattr(data_cfg, "num_workers", 0), shard=shard, num_shards=num_shards,
+                           equal_shards=split == "train")
         for split in ef.splits
     }
     meta = DataMeta(path=str(ef.path), layout=ef.layout, n_tokens=ef.n_tokens, cont_dim=ef.cont_dim,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -120,8 +121,15 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _update_codebook(self, flat: torch.Tensor, one_hot: torch.Tensor, counts: torch.Tensor) -> None:
         """EMA step of cluster_size and embed_sum, Laplace-smoothed renormalisation, then revival."""
+        batch_sum = one_hot.t() @ flat
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Under DDP every rank's assignments feed one EMA, so the codebook follows the global
+            # batch as it would in one process (revival stays per rank: DDP broadcasts rank 0's buffers).
+            stats = torch.cat([counts.unsqueeze(1), batch_sum], dim=1)
+            dist.all_reduce(stats)
+            counts, batch_sum = stats[:, 0], stats[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1.0 - self.decay)
-        self.embed_sum.mul_(self.decay).add_(one_hot.t() @ flat, alpha=1.0 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(batch_sum, alpha=1.0 - self.decay)
         total = self.cluster_size.sum()
         # Laplace smoothing keeps rows with (almost) no usage from dividing by zero.
         smoothed = (self.cluster_size + self.eps) / (total + self.codebook_size * self.eps) * total

@@ -56,16 +56,17 @@ class ConfigSnapshot:
     data_path: Any = None
     data_loader: Any = None
     num_workers: Any = None
+    world_size: int = 1  # processes under torchrun (DDP); data.batch_size is per process
 
     @property
     def effective_batch(self) -> Optional[int]:
-        """Samples per optimiser step: batch size times gradient accumulation."""
+        """Samples per optimiser step: batch size times gradient accumulation times processes."""
         if isinstance(self.batch_size, int) and isinstance(self.grad_accum_steps, int):
-            return self.batch_size * self.grad_accum_steps
+            return self.batch_size * self.grad_accum_steps * self.world_size
         return None
 
     @classmethod
-    def from_config(cls, config: Mapping) -> "ConfigSnapshot":
+    def from_config(cls, config: Mapping, world_size: int = 1) -> "ConfigSnapshot":
         """Pick the snapshot's settings out of a resolved config dict (missing keys stay None)."""
         model, optim = config.get("model") or {}, config.get("optim") or {}
         trainer, data = config.get("trainer") or {}, config.get("data") or {}
@@ -78,7 +79,7 @@ class ConfigSnapshot:
             plateau_patience=optim.get("plateau_patience"), epochs=trainer.get("epochs"),
             early_stopping_patience=trainer.get("early_stopping_patience"), seed=trainer.get("seed"),
             device=trainer.get("device"), data_path=data.get("path"), data_loader=data.get("loader"),
-            num_workers=data.get("num_workers"),
+            num_workers=data.get("num_workers"), world_size=world_size,
         )
 
 
@@ -195,7 +196,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         params_trainable=params.get("trainable"),
         device=start.get("device"),
         metrics=key_metrics(epochs, telemetry_table, payload, end),
-        config=ConfigSnapshot.from_config(config),
+        config=ConfigSnapshot.from_config(config, world_size=int(start.get("world_size") or 1)),
         telemetry=telemetry_summary(telemetry_table, payload, _read_json(run_dir / ENV_FILE), start.get("device")),
         test_metrics=dict((test or {}).get("metrics") or {}),
         test_epoch=(test or {}).get("epoch"),

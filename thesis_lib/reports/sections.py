@@ -124,6 +124,7 @@ def _configuration(report: "RunReport", images: Mapping) -> str:
         ("Precision", c.precision),
         ("Batch size", c.batch_size),
         ("Gradient accumulation", c.grad_accum_steps),
+        *([("Processes (DDP)", c.world_size)] if c.world_size > 1 else []),
         ("Effective batch", _dash(c.effective_batch)),
         ("Learning rate", c.lr),
         ("Optimiser", f"{c.optimizer} (weight decay {c.weight_decay}, grad clip {clip})"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -24,10 +25,11 @@ from ..facts.run_dir import atomic_write_text
 from ..models import build_model, count_parameters
 from .artifacts import TrainingHistory, write_model_info
 from .checkpoint import capture_rng_state, load_checkpoint, resolve_last_checkpoint, restore_rng_state, save_checkpoint
+from .distributed import DistributedContext, NonWritingRunWriter
 from .early_stopping import EarlyStopping
 from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, run_train_epoch
 from .optim import Precision, build_optimizer, build_scheduler, resolve_device
-from .output_capture import CapturedOutput, capture_output
+from .output_capture import CapturedOutput, capture_output, silence_output
 from .report_hook import render_report_fail_soft
 from .resources import RunResources
 
@@ -78,25 +80,36 @@ def train(
         RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
         epoch and validation loss, and the test metrics of the best weights.
 
+    Started by `torchrun --nproc_per_node=N` (WORLD_SIZE > 1 in the environment), every process
+    trains its shard of each batch under DistributedDataParallel (`data.batch_size` is per
+    process) and rank 0 alone writes the run directory and the report; see train/distributed.py.
+
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
         Any unexpected exception during training is recorded (on_exception, status FAILED,
         checkpoints kept) and then re-raised. A NaN/inf loss does not raise: the run ends FAILED.
     """
     cfg = load_config(config, overrides)
-    resume_state = None
-    if cfg.trainer.resume_from:
-        last_path = resolve_last_checkpoint(cfg.trainer.resume_from)
-        resume_state = load_checkpoint(last_path)
-        _check_resume_compatible(cfg, resume_state, last_path)
-    run = _TrainingRun(cfg, resume_state)
-    run.setup()
-    if resume_state is not None:
-        run_dir, run_id = last_path.parent, resume_state["run_id"]
-    else:
-        run_dir, run_id = create_run_dir(cfg.output_root, cfg.run_name)
-    with capture_output(run_dir / "logs" / "stdout.log") as capture:
-        return run.execute(run_dir, run_id, capture, dashboard)
+    ddp = DistributedContext.from_env(resolve_device(cfg.trainer.device))
+    try:
+        resume_state = None
+        if cfg.trainer.resume_from:
+            last_path = resolve_last_checkpoint(cfg.trainer.resume_from)
+            resume_state = load_checkpoint(last_path)
+            _check_resume_compatible(cfg, resume_state, last_path)
+        run = _TrainingRun(cfg, resume_state, ddp)
+        run.setup()
+        if resume_state is not None:
+            run_dir, run_id = last_path.parent, resume_state["run_id"]
+        else:
+            run_dir, run_id = ddp.broadcast(create_run_dir(cfg.output_root, cfg.run_name) if ddp.is_main else None)
+        if not ddp.is_main:
+            with silence_output() as capture:
+                return run.execute(run_dir, run_id, capture, None)
+        with capture_output(run_dir / "logs" / "stdout.log") as capture:
+            return run.execute(run_dir, run_id, capture, dashboard)
+    finally:
+        ddp.close()
 
 
 def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:
@@ -114,15 +127,18 @@ def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:
 class _TrainingRun:
     """One run's state: built in `setup` (no files written), run in `execute`."""
 
-    def __init__(self, cfg: Config, resume_state: Optional[dict]):
+    def __init__(self, cfg: Config, resume_state: Optional[dict], ddp: DistributedContext):
         self.cfg = cfg
         self.resume_state = resume_state
+        self.ddp = ddp
+        self.reduce = ddp.reducer()  # None in one process: the single-process path stays as it was
 
     def setup(self) -> None:
-        cfg = self.cfg
-        self.device = resolve_device(cfg.trainer.device)
+        cfg, ddp = self.cfg, self.ddp
+        self.device = ddp.device_for(resolve_device(cfg.trainer.device))
         seed_everything(cfg.trainer.seed)
-        self.loaders, self.meta = make_loaders(cfg.data, device=self.device, seed=cfg.trainer.seed)
+        self.loaders, self.meta = make_loaders(cfg.data, device=self.device, seed=cfg.trainer.seed,
+                                               shard=ddp.rank, num_shards=ddp.world_size)
         self.model = build_model(cfg.model, self.meta).to(self.device)
         self.names = tuple(self.model.scalar_names)
         self.params = count_parameters(self.model)
@@ -139,6 +155,9 @@ class _TrainingRun:
         self.resources: Optional[RunResources] = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
+        # What the training step calls: DDP around the model under torchrun, else the model itself.
+        # Evaluation, checkpoints and model.pt use self.model (no DDP forward, no "module." prefix).
+        self.step_model = ddp.wrap(self.model, self.device)
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -182,14 +201,16 @@ class _TrainingRun:
         self.capture.echo = True
 
     def _execute(self, run_dir: Path, run_id: str) -> RunResult:
-        cfg = self.cfg
+        cfg, ddp = self.cfg, self.ddp
         started = self._origin = time.time() - self.elapsed_before
-        writer = RunWriter(run_dir, run_id, scalar_columns(self.names), start_time=started)
+        writer = (RunWriter(run_dir, run_id, scalar_columns(self.names), start_time=started) if ddp.is_main
+                  else NonWritingRunWriter())
         with writer:
             config_dict = cfg.to_dict()
             writer.write_config(config_dict)
-            writer.write_env(collect_env())
-            atomic_write_text(run_dir / "data_meta.json", json.dumps(self.meta.to_dict(), indent=2))
+            writer.write_env({**collect_env(), "world_size": ddp.world_size})
+            if ddp.is_main:
+                atomic_write_text(run_dir / "data_meta.json", json.dumps(self.meta.to_dict(), indent=2))
             writer.event(
                 "on_start",
                 config_hash=config_hash(config_dict),
@@ -201,12 +222,16 @@ class _TrainingRun:
                 device=str(self.device),
                 data_mode=self.loaders["train"].mode,
                 split_sizes=self.meta.split_sizes,
+                world_size=ddp.world_size,
             )
             self._print_header()
             if self.dashboard is not None:
                 self.dashboard.on_start(self._dashboard_info())
-            self.resources = RunResources(cfg.telemetry, self.device, run_dir / TELEMETRY_FILE, started,
-                                          energy_before_j=self.energy_before_j)
+            # Rank 0 samples every GPU of its node (one column set each); other ranks sample nothing.
+            telemetry_cfg = cfg.telemetry if ddp.is_main else dataclasses.replace(cfg.telemetry, enabled=False)
+            self.resources = RunResources(telemetry_cfg, self.device, run_dir / TELEMETRY_FILE, started,
+                                          energy_before_j=self.energy_before_j,
+                                          local_devices=ddp.local_world_size if ddp.enabled else 1)
             try:
                 status, reason, error = self._fit(writer)
             finally:
@@ -228,7 +253,7 @@ class _TrainingRun:
                                                    "epochs_completed": result.epochs_completed,
                                                    "total_time_s": total_time, "run_dir": str(run_dir)})
         self._close_dashboard()  # before the report: its lines and the summary reach the console again
-        if cfg.report.enabled:
+        if cfg.report.enabled and ddp.is_main:
             render_report_fail_soft(run_dir)
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
@@ -326,7 +351,7 @@ class _TrainingRun:
 
         self.resources.begin_epoch()
         train_stats = run_train_epoch(
-            self.model,
+            self.step_model,
             train_loader,
             self.optimizer,
             self.precision,
@@ -340,8 +365,10 @@ class _TrainingRun:
             on_sync=on_sync,
             control=dashboard.control if dashboard is not None else None,
             refresh_due=refresh_due if dashboard is not None and dashboard.owns_console else None,
+            reduce=self.reduce,
         )
-        val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names)
+        val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names,
+                             reduce=self.reduce)
         val_loss = val_stats.metrics["loss"]
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
@@ -352,6 +379,7 @@ class _TrainingRun:
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
+        if improved and self.ddp.is_main:
             save_checkpoint(self.run_dir / "best_val.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
         if self.scheduler is not None:
             self.scheduler.step(val_loss)
@@ -400,6 +428,8 @@ class _TrainingRun:
         self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
 
     def _save_last(self, epochs_done: int) -> None:
+        if not self.ddp.is_main:
+            return
         save_checkpoint(
             self.run_dir / "last.pt",
             {
@@ -430,8 +460,8 @@ class _TrainingRun:
     def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float,
                 telemetry: Optional[dict]) -> dict:
         """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
-        best_path = self.run_dir / "best_val.pt"
-        if best_path.is_file():
+        best_path, is_main = self.run_dir / "best_val.pt", self.ddp.is_main
+        if is_main and best_path.is_file():
             best = load_checkpoint(best_path)
             save_checkpoint(self.run_dir / "model.pt", best["model"])
         writer.event(
@@ -448,17 +478,24 @@ class _TrainingRun:
         )
         writer.flush()
         test_metrics: dict = {}
-        if self.cfg.trainer.test and error is None and best_path.is_file() and "test" in self.loaders:
+        # best_epoch, not the file, decides: every rank knows it (validation losses are summed over ranks).
+        if self.cfg.trainer.test and error is None and self.best_epoch is not None and "test" in self.loaders:
+            self.ddp.barrier()  # under DDP: rank 0 has written best_val.pt
+            best = load_checkpoint(best_path)
             self.model.load_state_dict(best["model"])
-            stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names)
+            stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names,
+                             reduce=self.reduce)
             test_metrics = stats.metrics
             extra = {}
             if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
                 extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
-                                                              device=self.device, n_classes=self.meta.n_classes),
+                                                              device=self.device, n_classes=self.meta.n_classes,
+                                                              reduce=self.reduce),
                          "class_names": list(self.meta.label_names)}
             writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples, **extra)
             print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
+        if not is_main:
+            return test_metrics
         self.history.write(self.run_dir / "training_history.json")
         write_model_info(
             self.run_dir / "model_info.json",

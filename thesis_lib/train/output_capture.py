@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Iterator, TextIO
 
-__all__ = ["capture_output", "CapturedOutput"]
+__all__ = ["capture_output", "silence_output", "CapturedOutput"]
 
 
 class _Tee:
@@ -66,3 +67,10 @@ def capture_output(log_path: Path) -> Iterator[CapturedOutput]:
             yield capture
         finally:
             sys.stdout, sys.stderr = old_out, old_err
+
+
+@contextlib.contextmanager
+def silence_output() -> Iterator[CapturedOutput]:
+    """Within the block, printed text goes nowhere: a DDP rank other than 0, whose run rank 0 reports."""
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        yield CapturedOutput(Path(os.devnull))

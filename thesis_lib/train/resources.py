@@ -25,8 +25,9 @@ class RunResources:
     """The sampler (or None when telemetry is off) and the energy total across epochs."""
 
     def __init__(self, cfg: TelemetryConfig, device: torch.device, csv_path: Path, start_time: float,
-                 energy_before_j: float = 0.0):
+                 energy_before_j: float = 0.0, local_devices: int = 1):
         self.device = device
+        self.local_devices = local_devices  # a DDP node's GPUs 0..N-1, sampled by rank 0
         self.energy_total_j = energy_before_j  # a resumed run carries on from its checkpoint's total
         self.sampler = self._start_sampler(cfg, csv_path, start_time) if cfg.enabled else None
 
@@ -36,7 +37,8 @@ class RunResources:
         devices = None  # every device of the backend: the scripted stand-in's, or none on CPU
         if self.device.type == "cuda":
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-            devices = nvml_indices_for_torch_devices([index])
+            indices = list(range(self.local_devices)) if self.local_devices > 1 else [index]
+            devices = nvml_indices_for_torch_devices(indices)
         return TelemetrySampler(
             csv_path,
             interval_s=cfg.interval_s,
