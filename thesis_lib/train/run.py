@@ -1,0 +1,434 @@
+"""One training run's lifecycle: built from a config, run epoch by epoch, finished into a complete run directory.
+
+`TrainingRun.setup` builds data, model and optimiser (no file written, so bad input leaves
+nothing behind); `execute` writes config, env and the start event, runs the epochs (the step is
+in epoch.py, what happens at its sync points in sync_points.py), and `_finish` leaves model.pt,
+the end and test events, model_info.json and training_history.json. `train()` (loop.py) decides
+the run directory, the process's place under torchrun and where printed output goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from ..config import Config
+from ..data import make_loaders
+from ..errors import NonFiniteLossError
+from ..facts import TELEMETRY_FILE, RunWriter, collect_env, config_hash, scalar_columns
+from ..facts.run_dir import atomic_write_text
+from ..models import build_model, count_parameters
+from .artifacts import TrainingHistory, write_model_info
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .distributed import DistributedContext, NonWritingRunWriter
+from .early_stopping import EarlyStopping
+from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, run_train_epoch
+from .optim import Precision, build_optimizer, build_scheduler, resolve_device
+from .output_capture import CapturedOutput
+from .report_hook import render_report_fail_soft
+from .resources import RunResources
+from .sync_points import EpochSyncPoints
+
+__all__ = ["TrainingRun", "RunResult", "seed_everything"]
+
+
+@dataclass
+class RunResult:
+    """What `train` returns; everything in it is also in the run directory."""
+
+    run_dir: Path
+    run_id: str
+    status: str
+    stop_reason: str
+    best_epoch: Optional[int]
+    best_val_loss: Optional[float]
+    test_metrics: dict = field(default_factory=dict)
+    epochs_completed: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class TrainingRun:
+    """One run's state: built in `setup` (no files written), run in `execute`."""
+
+    def __init__(self, cfg: Config, resume_state: Optional[dict], ddp: DistributedContext):
+        self.cfg = cfg
+        self.resume_state = resume_state
+        self.ddp = ddp
+        self.reduce = ddp.reducer()  # None in one process: the single-process path stays as it was
+
+    def setup(self) -> None:
+        cfg, ddp = self.cfg, self.ddp
+        self.device = ddp.device_for(resolve_device(cfg.trainer.device))
+        seed_everything(cfg.trainer.seed)
+        self.loaders, self.meta = make_loaders(cfg.data, device=self.device, seed=cfg.trainer.seed,
+                                               shard=ddp.rank, num_shards=ddp.world_size)
+        self.model = build_model(cfg.model, self.meta).to(self.device)
+        self.names = tuple(self.model.scalar_names)
+        self.params = count_parameters(self.model)
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters(), self.device)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer)
+        self.precision = Precision(cfg.trainer.precision, self.device)
+        self.early = EarlyStopping(cfg.trainer.early_stopping_patience, cfg.trainer.early_stopping_min_delta)
+        self.history = TrainingHistory()
+        self.start_epoch, self.global_step, self.samples_total, self.elapsed_before = 0, 0, 0, 0.0
+        self.best_epoch: Optional[int] = None
+        self.best_val_loss = math.inf
+        self.energy_before_j = 0.0
+        self.step_rows: list[dict] = []  # steps.csv rows, buffered so the step does no I/O
+        self.resources: Optional[RunResources] = None
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        # What the training step calls: DDP around the model under torchrun, else the model itself.
+        # Evaluation, checkpoints and model.pt use self.model (no DDP forward, no "module." prefix).
+        self.step_model = ddp.wrap(self.model, self.device)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
+        self.history = TrainingHistory.from_dict(state["history"])
+        self.start_epoch = int(state["epoch"])
+        self.global_step = int(state["step"])
+        self.samples_total = int(state["samples"])
+        self.elapsed_before = float(state["elapsed_s"])
+        self.best_epoch = state["best_epoch"]
+        self.best_val_loss = float(state["best_val_loss"])
+        self.energy_before_j = float(state.get("energy_j", 0.0))
+        # Last: everything above may have drawn random numbers while being built.
+        restore_rng_state(state["rng"])
+
+    def execute(self, run_dir: Path, run_id: str, capture: CapturedOutput, dashboard: Union[str, object, None]) -> RunResult:
+        cfg = self.cfg
+        self.run_dir, self.run_id = run_dir, run_id
+        from ..live import make_dashboard
+
+        self.capture = capture
+        # A dashboard that switches itself off after an error hands the console back.
+        self.dashboard = make_dashboard(dashboard, update_interval_ms=cfg.logging.update_interval_ms,
+                                        on_disable=lambda: setattr(capture, "echo", True))
+        try:
+            if self.dashboard is not None and self.dashboard.owns_console:
+                capture.echo = False  # the lines still reach logs/stdout.log
+            return self._execute(run_dir, run_id)
+        finally:
+            self._close_dashboard()
+
+    def _close_dashboard(self) -> None:
+        """Restore the console (terminal screen, echo of printed lines); safe to call twice."""
+        if self.dashboard is not None:
+            self.dashboard.close()
+            self.dashboard = None
+        self.capture.echo = True
+
+    def _execute(self, run_dir: Path, run_id: str) -> RunResult:
+        cfg, ddp = self.cfg, self.ddp
+        started = self._origin = time.time() - self.elapsed_before
+        writer = (RunWriter(run_dir, run_id, scalar_columns(self.names), start_time=started) if ddp.is_main
+                  else NonWritingRunWriter())
+        with writer:
+            config_dict = cfg.to_dict()
+            writer.write_config(config_dict)
+            writer.write_env({**collect_env(), "world_size": ddp.world_size})
+            if ddp.is_main:
+                atomic_write_text(run_dir / "data_meta.json", json.dumps(self.meta.to_dict(), indent=2))
+            writer.event(
+                "on_start",
+                config_hash=config_hash(config_dict),
+                params=self.params,
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                resumed_from_epoch=self.start_epoch if self.resume_state is not None else None,
+                scalar_columns=list(scalar_columns(self.names)),
+                device=str(self.device),
+                data_mode=self.loaders["train"].mode,
+                split_sizes=self.meta.split_sizes,
+                world_size=ddp.world_size,
+            )
+            self._print_header()
+            if self.dashboard is not None:
+                self.dashboard.on_start(self._dashboard_info())
+            # Rank 0 samples every GPU of its node (one column set each); other ranks sample nothing.
+            telemetry_cfg = cfg.telemetry if ddp.is_main else dataclasses.replace(cfg.telemetry, enabled=False)
+            self.resources = RunResources(telemetry_cfg, self.device, run_dir / TELEMETRY_FILE, started,
+                                          energy_before_j=self.energy_before_j,
+                                          local_devices=ddp.local_world_size if ddp.enabled else 1)
+            try:
+                status, reason, error = self._fit(writer)
+            finally:
+                telemetry = self.resources.stop()
+            total_time = time.time() - started
+            test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
+        result = RunResult(
+            run_dir=run_dir,
+            run_id=run_id,
+            status=status,
+            stop_reason=reason,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            test_metrics=test_metrics,
+            epochs_completed=len(self.history.epochs),
+        )
+        if self.dashboard is not None:
+            self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
+                                                   "epochs_completed": result.epochs_completed,
+                                                   "total_time_s": total_time, "run_dir": str(run_dir)})
+        self._close_dashboard()  # before the report: its lines and the summary reach the console again
+        if cfg.report.enabled and ddp.is_main:
+            render_report_fail_soft(run_dir)
+        print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
+        if error is not None:
+            raise error
+        return result
+
+    def _dashboard_info(self) -> dict:
+        cfg = self.cfg
+        return {
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "task": cfg.model.task,
+            "model": f"{cfg.model.encoder}/{cfg.model.bottleneck}" if cfg.model.task == "autoencoder" else cfg.model.encoder,
+            "device": str(self.device),
+            "epochs": cfg.trainer.epochs,
+            "start_epoch": self.start_epoch,
+            "steps_per_epoch": self._steps_per_epoch(),
+            "params": self.params,
+        }
+
+    def _steps_per_epoch(self) -> int:
+        batches = len(self.loaders["train"])
+        cap = self.cfg.trainer.max_steps_per_epoch
+        return min(batches, cap) if cap else batches
+
+    def _print_header(self) -> None:
+        p = self.params
+        pct = 100.0 * p["trainable"] / max(p["total"], 1)
+        resumed = f", resumed after epoch {self.start_epoch}" if self.resume_state is not None else ""
+        print(
+            f"[{self.run_id}] {self.cfg.model.task} {self.cfg.model.encoder}/{self.cfg.model.bottleneck} on {self.device}"
+            f" ({self.cfg.trainer.precision}), {p['trainable']:,}/{p['total']:,} trainable params ({pct:.1f} %),"
+            f" data {self.loaders['train'].mode} {self.meta.split_sizes}{resumed}\n  run directory: {self.run_dir}"
+        )
+
+    def _fit(self, writer: RunWriter) -> tuple[str, str, Optional[BaseException]]:
+        """The epoch loop; returns (status, stop_reason, unexpected error to re-raise or None)."""
+        cfg = self.cfg
+        try:
+            for epoch in range(self.start_epoch, cfg.trainer.epochs):
+                stop = self._run_epoch(writer, epoch)
+                if stop:
+                    return "STOPPED", "early_stopping", None
+            return "COMPLETED", "max_epochs", None
+        except KeyboardInterrupt:
+            print(f"[{self.run_id}] interrupted: writing facts and checkpoints")
+            return "STOPPED", "interrupted", None
+        except StopRequested as exc:
+            print(f"[{self.run_id}] {exc}: writing facts and checkpoints")
+            return "STOPPED", "stopped_by_user", None
+        except NonFiniteLossError as exc:
+            self._record_exception(writer, exc)
+            return "FAILED", "non_finite_loss", None
+        except Exception as exc:
+            self._record_exception(writer, exc)
+            return "FAILED", f"exception: {type(exc).__name__}", exc
+
+    def _run_epoch(self, writer: RunWriter, epoch: int) -> bool:
+        cfg, run_id = self.cfg, self.run_id
+        train_loader = self.loaders["train"]
+        train_loader.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        dashboard = self.dashboard
+        sync = EpochSyncPoints(
+            epoch=epoch, lr=lr, global_step=self.global_step, grad_accum_steps=cfg.trainer.grad_accum_steps,
+            origin=self._origin, step_rows=self.step_rows, dashboard=dashboard, latest_gpu=self.resources.latest_gpu,
+            steps_per_epoch=self._steps_per_epoch(), print_every=cfg.logging.print_every_n_steps,
+            line_prefix=f"[{run_id}]", refresh_s=cfg.logging.update_interval_ms / 1000.0,
+        )
+        # A console-owning dashboard gets fresh numbers every update interval, not only every
+        # sync_every_n_steps (on a slow model that could be many seconds); each costs one sync.
+        # Not under DDP: those reads would be this rank's alone, between the summed ones.
+        refreshing = dashboard is not None and dashboard.owns_console and self.reduce is None
+        self.resources.begin_epoch()
+        train_stats = run_train_epoch(
+            self.step_model,
+            train_loader,
+            self.optimizer,
+            self.precision,
+            device=self.device,
+            names=self.names,
+            grad_accum_steps=cfg.trainer.grad_accum_steps,
+            grad_clip=cfg.optim.grad_clip,
+            sync_every=cfg.trainer.sync_every_n_steps,
+            max_steps=cfg.trainer.max_steps_per_epoch,
+            epoch=epoch,
+            on_sync=sync.on_sync,
+            control=dashboard.control if dashboard is not None else None,
+            refresh_due=sync.refresh_due if refreshing else None,
+            reduce=self.reduce,
+        )
+        val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names,
+                             reduce=self.reduce)
+        val_loss = val_stats.metrics["loss"]
+        if not math.isfinite(val_loss):
+            raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
+        self.global_step += train_stats.steps
+        self.samples_total += train_stats.samples
+        sync.add_step_row(self.global_step, train_stats.metrics["loss"], train_stats.samples)
+        resources = self.resources.end_epoch(train_stats.data_wait_frac)
+        improved = val_loss < self.best_val_loss
+        if improved:
+            self.best_val_loss, self.best_epoch = val_loss, epoch
+        if improved and self.ddp.is_main:
+            save_checkpoint(self.run_dir / "best_val.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
+        if self.scheduler is not None:
+            self.scheduler.step(val_loss)
+        stop = self.early.step(val_loss)
+        self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats, resources)
+        self._save_last(epoch + 1)
+        if dashboard is not None:
+            dashboard.on_epoch_end(epoch, train_stats.metrics, val_stats.metrics, lr, train_stats.grad_norm,
+                                   train_stats.throughput, resources, self.best_val_loss, improved)
+        print(
+            # Epochs count from 0 everywhere (facts, best_epoch, reports); "(n/N)" is the progress.
+            f"[{run_id}] epoch {epoch:>3} ({epoch + 1}/{cfg.trainer.epochs})  train {train_stats.metrics['loss']:.4f}"
+            f"  val {val_loss:.4f}{'*' if improved else ' '}  lr {lr:.2e}"
+            f"  {train_stats.throughput:,.0f} samples/s  {train_stats.seconds + val_stats.seconds:.1f}s"
+        )
+        return stop
+
+    def _write_epoch_facts(self, writer: RunWriter, epoch: int, lr: float, train_stats: EpochStats,
+                           val_stats: EpochStats, resources: dict) -> None:
+        epoch_time = train_stats.seconds + val_stats.seconds
+        t = time.time() - self._origin
+        common = {"epoch": epoch, "step": self.global_step, "t": t, "lr": lr, "epoch_time_s": epoch_time}
+        writer.scalars({**common, **train_stats.metrics, **resources, "split": "train", "grad_norm": train_stats.grad_norm,
+                        "samples": train_stats.samples, "throughput": train_stats.throughput})
+        writer.scalars({**common, **val_stats.metrics, "split": "val", "samples": val_stats.samples,
+                        "throughput": val_stats.throughput})
+        writer.event(
+            "on_epoch_end",
+            epoch=epoch,
+            step=self.global_step,
+            train=train_stats.metrics,
+            val=val_stats.metrics,
+            lr=lr,
+            grad_norm=train_stats.grad_norm,
+            epoch_time_s=epoch_time,
+            samples=train_stats.samples,
+            throughput=train_stats.throughput,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss,
+            resources=resources,
+            energy_so_far_j=self.resources.energy_total_j if resources["energy_j"] is not None else None,
+        )
+        writer.steps(self.step_rows)
+        self.step_rows.clear()
+        writer.flush()
+        self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
+
+    def _save_last(self, epochs_done: int) -> None:
+        if not self.ddp.is_main:
+            return
+        save_checkpoint(
+            self.run_dir / "last.pt",
+            {
+                "run_id": self.run_id,
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.precision.scaler.state_dict(),
+                "early_stopping": self.early.state_dict(),
+                "history": self.history.to_dict(),
+                "epoch": epochs_done,
+                "step": self.global_step,
+                "samples": self.samples_total,
+                "elapsed_s": time.time() - self._origin,
+                "best_epoch": self.best_epoch,
+                "best_val_loss": self.best_val_loss,
+                "energy_j": self.resources.energy_total_j,
+                "rng": capture_rng_state(),
+            },
+        )
+
+    def _record_exception(self, writer: RunWriter, exc: BaseException) -> None:
+        tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-8:])
+        writer.event("on_exception", error_type=type(exc).__name__, message=str(exc), traceback=tail)
+        print(f"[{self.run_id}] {type(exc).__name__}: {exc}")
+
+    def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float,
+                telemetry: Optional[dict]) -> dict:
+        """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
+        best_path, is_main = self.run_dir / "best_val.pt", self.ddp.is_main
+        if is_main and best_path.is_file():
+            best = load_checkpoint(best_path)
+            save_checkpoint(self.run_dir / "model.pt", best["model"])
+        writer.event(
+            "on_train_end",
+            status=status,
+            stop_reason=reason,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            epochs_completed=len(self.history.epochs),
+            steps=self.global_step,
+            samples=self.samples_total,
+            total_time_s=total_time,
+            telemetry=telemetry,
+        )
+        writer.flush()
+        test_metrics: dict = {}
+        # best_epoch, not the file, decides: every rank knows it (validation losses are summed over ranks).
+        if self.cfg.trainer.test and error is None and self.best_epoch is not None and "test" in self.loaders:
+            self.ddp.barrier()  # under DDP: rank 0 has written best_val.pt
+            best = load_checkpoint(best_path)
+            self.model.load_state_dict(best["model"])
+            stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names,
+                             reduce=self.reduce)
+            test_metrics = stats.metrics
+            extra = {}
+            if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
+                extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
+                                                              device=self.device, n_classes=self.meta.n_classes,
+                                                              reduce=self.reduce),
+                         "class_names": list(self.meta.label_names)}
+            writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples, **extra)
+            print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
+        if not is_main:
+            return test_metrics
+        self.history.write(self.run_dir / "training_history.json")
+        write_model_info(
+            self.run_dir / "model_info.json",
+            model=self.model,
+            cfg=self.cfg,
+            meta=self.meta,
+            run_id=self.run_id,
+            status=status,
+            best_epoch=self.best_epoch,
+            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+            test_metrics=test_metrics,
+        )
+        return test_metrics
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
