@@ -130,6 +130,9 @@ class ReportConfig:
 class LoggingConfig:
     print_every_n_steps: int = field(default=0, metadata=_at_least(0))  # 0: one line per epoch
     update_interval_ms: int = field(default=250, metadata=_at_least(10))  # dashboards redraw at most this often
+    # Training-time figure families drawn into <run_dir>/figures/ (thesis_lib.monitoring); empty: off.
+    figures: list[str] = field(default_factory=list)
+    figures_every_n_epochs: int = field(default=1, metadata=_at_least(1))
 
 
 @dataclass
@@ -293,6 +296,8 @@ def _build(cls: type, data: Any, prefix: str):
             kwargs[name] = _check_value(key, data[name], hint, fld.metadata)
     config = cls(**kwargs)
     _check_registry_defaults(config, prefix)
+    if cls is LoggingConfig:
+        _check_figure_families(config.figures, f"{prefix}figures")
     if cls is TrainerConfig and not _DEVICE_PATTERN.match(config.device):
         raise ConfigError(
             f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"
@@ -312,6 +317,14 @@ def _registered(kind: str) -> tuple[str, ...]:
     from .models import registry
 
     return registry.names(kind)
+
+
+def _check_figure_families(families: list[str], key: str) -> None:
+    # Imported here, as the registry is: monitoring.names imports neither torch nor matplotlib,
+    # but the monitoring package must not become a dependency of importing the config.
+    from .monitoring.names import check_figure_families
+
+    check_figure_families(families, key)
 
 
 def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:

@@ -30,6 +30,7 @@ from ..errors import NonFiniteLossError
 from ..facts import TELEMETRY_FILE, RunWriter, collect_env, config_hash, scalar_columns
 from ..facts.run_dir import atomic_write_text
 from ..models import build_model, count_parameters
+from ..monitoring import FigureMonitor
 from .artifacts import TrainingHistory, write_model_info
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistributedContext, NonWritingRunWriter
@@ -42,6 +43,9 @@ from .resources import RunResources
 from .sync_points import EpochSyncPoints
 
 __all__ = ["TrainingRun", "RunResult", "seed_everything"]
+
+# Rows of the fixed validation batch the recon and codebook figures probe the model with.
+_PROBE_ROWS = 256
 
 
 @dataclass
@@ -94,6 +98,7 @@ class TrainingRun:
         self.energy_before_j = 0.0
         self.step_rows: list[dict] = []  # steps.csv rows, buffered so the step does no I/O
         self.resources: Optional[RunResources] = None
+        self.monitor: Optional[FigureMonitor] = None
         if self.resume_state is not None:
             self._restore(self.resume_state)
         # What the training step calls: DDP around the model under torchrun, else the model itself.
@@ -173,6 +178,7 @@ class TrainingRun:
             self.resources = RunResources(telemetry_cfg, self.device, run_dir / TELEMETRY_FILE, started,
                                           energy_before_j=self.energy_before_j,
                                           local_devices=ddp.local_world_size if ddp.enabled else 1)
+            self.monitor = self._figure_monitor() if ddp.is_main else None
             try:
                 status, reason, error = self._fit(writer)
             finally:
@@ -305,6 +311,8 @@ class TrainingRun:
         stop = self.early.step(val_loss)
         self._write_epoch_facts(writer, epoch, lr, train_stats, val_stats, resources)
         self._save_last(epoch + 1)
+        if self.monitor is not None:  # after facts and checkpoints: a figure never costs what they hold
+            self.monitor.on_epoch_end(epoch, self.model, self.history)
         if dashboard is not None:
             dashboard.on_epoch_end(epoch, train_stats.metrics, val_stats.metrics, lr, train_stats.grad_norm,
                                    train_stats.throughput, resources, self.best_val_loss, improved)
@@ -427,7 +435,23 @@ class TrainingRun:
             best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
             test_metrics=test_metrics,
         )
+        if self.monitor is not None:
+            if best_path.is_file():  # the final recon/codebook figures show model.pt's weights
+                self.model.load_state_dict(best["model"])
+            self.monitor.on_train_end(self.model, self.history, status)
+            for note in self.monitor.notes:
+                print(f"[{self.run_id}] figures: {note}")
         return test_metrics
+
+    def _figure_monitor(self) -> Optional[FigureMonitor]:
+        """Training-time figures (logging.figures) probing the first validation rows; None when off."""
+        families = self.cfg.logging.figures
+        if not families:
+            return None
+        first = next(iter(self.loaders["val"]), None)
+        probe = None if first is None else {k: v[:_PROBE_ROWS].to(self.device) for k, v in first.items()}
+        return FigureMonitor(self.run_dir, families, self.cfg.logging.figures_every_n_epochs, probe,
+                             cont_features=self.meta.cont_features)
 
 
 def _fmt(value: Optional[float]) -> str:

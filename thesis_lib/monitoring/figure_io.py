@@ -1,0 +1,88 @@
+"""Figure plumbing shared by the families: a pyplot-free figure, atomic PNG saves, file names.
+
+Figures are `matplotlib.figure.Figure` objects on their own Agg canvas, never pyplot: no global
+figure registry to leak into and no display backend, so drawing works inside a training process,
+a papermill kernel or a headless job alike. Saves go to a temporary file renamed over the target,
+so a run killed mid-save still leaves the previous complete PNG.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from thesis_lib.facts.run_dir import atomic_open
+
+__all__ = [
+    "DPI",
+    "figure_path",
+    "new_figure",
+    "save_figure",
+    "release_figure",
+    "no_data",
+    "epoch_axis",
+    "log_scale_if_positive",
+]
+
+DPI = 100  # small files, fast saves: these are looked at while a run trains, not printed
+
+
+def figure_path(figures_dir: Union[str, Path], family: str, epoch: Optional[int] = None) -> Path:
+    """figures/<family>.png, or figures/<family>_epoch<NNN>.png for one epoch's snapshot."""
+    name = family if epoch is None else f"{family}_epoch{epoch:03d}"
+    return Path(figures_dir) / f"{name}.png"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout Figure with its own Agg canvas (no pyplot)."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI) -> Path:
+    """Write `fig` as a PNG at `path` atomically (temporary file, then rename); creates the folder.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path) as handle:
+        fig.savefig(handle, format="png", dpi=dpi)
+    return path
+
+
+def release_figure(fig: Figure) -> None:
+    """Drop the figure's artists: the object API has no plt.close, and a run draws many figures."""
+    fig.clear()
+
+
+def no_data(ax: Axes, message: str) -> None:
+    """An axis that says why it is empty instead of showing blank axes."""
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="0.35")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def epoch_axis(ax: Axes) -> None:
+    """Integer epoch ticks, the x label and a light grid."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(alpha=0.3)
+
+
+def log_scale_if_positive(ax: Axes, series: Iterable[Iterable[float]]) -> bool:
+    """Log y when every finite value drawn is positive (and one exists); returns whether it did."""
+    values = np.concatenate([np.asarray(list(s), dtype=float).ravel() for s in series] or [np.empty(0)])
+    finite = values[np.isfinite(values)]
+    if finite.size and np.all(finite > 0):
+        ax.set_yscale("log")
+        return True
+    return False
