@@ -44,3 +44,15 @@ def test_entry_point_is_installed(tmp_path):
     out = subprocess.run([sys.executable, "-m", "thesis_lib.cli", "make-data", str(tmp_path / "e.h5"), "--n-events", "300"],
                          capture_output=True, text=True, check=True)
     assert "wrote 300 synthetic events" in out.stdout and (tmp_path / "e.h5").is_file()
+
+
+def test_sensor_data_to_spectrograms_to_a_cnn_classifier(tmp_path, capsys):
+    sensors, spectra = tmp_path / "sensors", tmp_path / "spectro.h5"
+    assert main(["make-sensor-data", str(sensors), "--n-recordings", "9", "--seed", "1"]) == 0
+    assert main(["spectrograms", str(sensors), str(spectra), "--n-fft", "32", "--segment-s", "0.5"]) == 0
+    assert main(["train", f"data.path={spectra}", "model.task=classifier", "model.encoder=cnn", "model.hidden_dim=16",
+                 "trainer.epochs=1", "report.enabled=false", f"output_root={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 9 synthetic sensor recordings" in out and "COMPLETED" in out
+    assert main(["spectrograms", str(sensors / "missing"), str(spectra)]) == 2
+    assert "missing" in capsys.readouterr().err

@@ -68,7 +68,7 @@ def make_batch(batch_size=8, seed=0, meta=META, empty_events=()):
 
 
 def test_registry_names_are_populated_by_importing_the_package():
-    assert registry.names("encoder") == ("gnn", "mlp", "transformer")
+    assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer")
     assert registry.names("bottleneck") == ("identity", "linear", "vq")
     assert registry.names("decoder") == ("mlp",)
     assert registry.names("task") == ("autoencoder", "classifier")
@@ -86,7 +86,7 @@ def test_registry_unknown_kind_names_allowed_kinds():
 
 
 def test_build_model_with_misspelled_encoder_suggests_the_right_one():
-    with pytest.raises(ModelError, match=r"unknown encoder 'transfomer'.*mlp, transformer; did you mean 'transformer'\?"):
+    with pytest.raises(ModelError, match=r"unknown encoder 'transfomer'.*mlp, resnet, transformer; did you mean 'transformer'\?"):
         build_model(model_cfg(encoder="transfomer"), META)
 
 
@@ -101,7 +101,7 @@ def test_new_part_is_one_register_line_and_duplicates_are_refused(monkeypatch):
             dropout=0.0, out_dim=cfg.latent_dim,
         )
 
-    assert registry.names("encoder") == ("gnn", "mlp", "transformer", "zeros")
+    assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer", "zeros")
     model = build_model(model_cfg(encoder="zeros"), META)
     assert model.encoder.mlp[0].in_features == 6 * (4 + 2) + 3
     with pytest.raises(ModelError, match=r"encoder 'mlp' is already registered \(by thesis_lib\.models\.encoders\.build_mlp_encoder\)"):

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 from .config import Config, load_config
-from .data import make_loaders, make_synthetic_events
+from .data import make_loaders, make_synthetic_events, make_synthetic_sensor_data, prepare_spectrograms
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -34,6 +34,8 @@ __all__ = [
     "discover_runs",
     "RunWriter",
     "make_synthetic_events",
+    "make_synthetic_sensor_data",
+    "prepare_spectrograms",
     "make_loaders",
     "build_model",
     "export_model",

@@ -1,4 +1,4 @@
-"""`thesis-lib train | demo | make-data | runs | report | sweep | export`: thin wrappers over the library's functions."""
+"""`thesis-lib train | demo | make-data | make-sensor-data | spectrograms | runs | report | sweep | export`: thin wrappers over the library's functions."""
 
 from __future__ import annotations
 
@@ -55,6 +55,24 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
     path = make_synthetic_events(args.path, n_events=args.n_events, seed=args.seed)
     print(f"wrote {args.n_events:,} synthetic events -> {path}")
+    return 0
+
+
+def _cmd_make_sensor_data(args: argparse.Namespace) -> int:
+    from .data import make_synthetic_sensor_data
+
+    out = make_synthetic_sensor_data(args.out_dir, n_recordings=args.n_recordings, seed=args.seed)
+    print(f"wrote {args.n_recordings} synthetic sensor recordings (CSV) and labels.csv -> {out}")
+    return 0
+
+
+def _cmd_spectrograms(args: argparse.Namespace) -> int:
+    from .data import prepare_spectrograms
+
+    path = prepare_spectrograms(args.source, args.out_path, segment_s=args.segment_s, n_fft=args.n_fft,
+                                hop_length=args.hop_length, val_fraction=args.val_fraction,
+                                test_fraction=args.test_fraction, seed=args.seed)
+    print(f"wrote spectrograms -> {path} (train with model.encoder=cnn or resnet, model.task=classifier)")
     return 0
 
 
@@ -119,6 +137,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_p.add_argument("--n-events", type=int, default=20_000)
     data_p.add_argument("--seed", type=int, default=0)
     data_p.set_defaults(func=_cmd_make_data)
+
+    sensors_p = commands.add_parser("make-sensor-data", help="write synthetic vibration recordings (CSV + labels.csv)")
+    sensors_p.add_argument("out_dir")
+    sensors_p.add_argument("--n-recordings", type=int, default=60)
+    sensors_p.add_argument("--seed", type=int, default=0)
+    sensors_p.set_defaults(func=_cmd_make_sensor_data)
+
+    spec_p = commands.add_parser("spectrograms", help="sensor CSV recordings -> an HDF5 spectrogram dataset")
+    spec_p.add_argument("source", help="a directory with labels.csv (file,label) and the recordings, or a labels CSV")
+    spec_p.add_argument("out_path", help="the .h5 file to write")
+    spec_p.add_argument("--segment-s", type=float, default=1.0, help="seconds per example (non-overlapping)")
+    spec_p.add_argument("--n-fft", type=int, default=64)
+    spec_p.add_argument("--hop-length", type=int, default=None, help="default: n_fft // 2")
+    spec_p.add_argument("--val-fraction", type=float, default=0.15)
+    spec_p.add_argument("--test-fraction", type=float, default=0.15)
+    spec_p.add_argument("--seed", type=int, default=0)
+    spec_p.set_defaults(func=_cmd_spectrograms)
 
     runs_p = commands.add_parser("runs", help="summarise run directories (load_runs)")
     runs_p.add_argument("run_dirs", nargs="*", help="run directories or globs")

@@ -1,4 +1,5 @@
-"""Event data: the HDF5 layout (h5), batch loaders (loader), synthetic generators (synthetic)."""
+"""Event data: the HDF5 layout (h5), batch loaders (loader), synthetic generators (synthetic),
+sensor recordings (sensors) and their spectrograms as events (spectrogram)."""
 
 from .h5 import (
     DEFAULT_CONT_FEATURES,
@@ -9,6 +10,8 @@ from .h5 import (
     write_events,
 )
 from .loader import DataMeta, EventLoader, Normalization, compute_normalization, make_loaders
+from .sensors import SensorRecording, make_synthetic_sensor_data, read_sensor_recordings
+from .spectrogram import prepare_spectrograms
 from .synthetic import TOKEN_TYPES, make_synthetic_events
 
 __all__ = [
@@ -25,4 +28,8 @@ __all__ = [
     "make_loaders",
     "TOKEN_TYPES",
     "make_synthetic_events",
+    "SensorRecording",
+    "make_synthetic_sensor_data",
+    "read_sensor_recordings",
+    "prepare_spectrograms",
 ]

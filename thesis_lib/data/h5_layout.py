@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -30,6 +31,8 @@ SPLITS = ("train", "val", "test")
 DATASETS = ("tokens_id", "tokens_cont", "globals", "labels")
 DEFAULT_CONT_FEATURES = ("E", "pT", "eta", "phi")
 DEFAULT_GLOBALS_FEATURES = ("MET", "MET_phi")
+# Root attributes the layout itself defines: extra_attrs may not replace them.
+_LAYOUT_ATTRS = ("layout_version", "cont_features", "globals_features", "token_types", "label_names")
 
 
 def _describe_shape(dims: Sequence[str], known: Mapping[str, tuple[int, str]]) -> str:
@@ -63,6 +66,7 @@ def write_events(
     label_names: Sequence[str] | None = None,
     chunk_rows: int = 1024,
     compression: str | None = None,
+    extra_attrs: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write events in layout version 1, atomically (temporary file, then rename).
 
@@ -76,6 +80,9 @@ def write_events(
         label_names: class names; default "class_0", ... up to the largest label.
         chunk_rows: chunk length along N (datasets are chunked along N only).
         compression: None (default, fastest reads) or an h5py filter name such as "gzip".
+        extra_attrs: further root attributes recording how the file was made (str, number,
+            bool, or a sequence of str or of numbers; store structures as JSON strings).
+            Readers of the layout ignore them.
 
     Returns:
         The path written.
@@ -83,8 +90,10 @@ def write_events(
     Raises:
         DataError: a split or dataset is missing or unknown, a shape or dtype disagrees (the
             message names split, dataset, expected and found shape), an id or label is out of
-            range, or a feature value is not finite.
+            range, a feature value is not finite, or an extra attribute replaces a layout
+            attribute or has a type HDF5 cannot store.
     """
+    more_attrs = _extra_attrs(path, extra_attrs)
     if not splits:
         raise DataError(f"write_events({path}): no splits given; expected some of {list(SPLITS)}")
     cont_features, globals_features = tuple(cont_features), tuple(globals_features)
@@ -122,6 +131,8 @@ def write_events(
             f.attrs["globals_features"] = np.array(globals_features, dtype=str_dtype)
             f.attrs["token_types"] = np.array(token_types, dtype=str_dtype)
             f.attrs["label_names"] = np.array(label_names, dtype=str_dtype)
+            for key, value in more_attrs.items():
+                f.attrs[key] = value
             for split, data in arrays.items():
                 group = f.create_group(split)
                 rows = max(1, min(int(chunk_rows), len(data["labels"])))
@@ -134,6 +145,32 @@ def write_events(
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _extra_attrs(path, attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """extra_attrs converted to what h5py stores (str arrays for sequences of str), or DataError."""
+    out: dict[str, Any] = {}
+    for key, value in (attrs or {}).items():
+        if not isinstance(key, str) or key in _LAYOUT_ATTRS:
+            raise DataError(f"write_events({path}): extra attribute {key!r} is not allowed; expected a str "
+                            f"name other than the layout's own {list(_LAYOUT_ATTRS)}")
+        if isinstance(value, (str, bool, int, float, np.generic)):
+            out[key] = value
+            continue
+        items = list(value) if isinstance(value, (Sequence, np.ndarray)) else None
+        try:  # a ragged or mixed sequence makes numpy raise or give an object array
+            numbers = None if items is None else np.asarray(items)
+        except ValueError:
+            numbers = None
+        if items and all(isinstance(v, str) for v in items):
+            out[key] = np.array(items, dtype=h5py.string_dtype())
+        elif numbers is not None and numbers.dtype.kind in "biuf":
+            out[key] = numbers
+        else:
+            raise DataError(f"write_events({path}): extra attribute {key!r} has type {type(value).__name__}; "
+                            f"expected a str, number, bool, or a sequence of str or of numbers "
+                            f"(store structures as a JSON string)")
+    return out
 
 
 def _validated_split(path, split: str, data: Mapping[str, np.ndarray],
