@@ -207,6 +207,16 @@ def test_resume_refuses_a_different_model(events, tmp_path):
         train(_config(events, tmp_path, trainer={"resume_from": str(tmp_path)}))
 
 
+def test_a_run_from_before_a_new_config_key_still_resumes(events, tmp_path):
+    part = train(_config(events, tmp_path, trainer={"epochs": 1}))
+    last = Path(part.run_dir) / "last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["config"]["model"]["diffusion"]  # as a checkpoint written before model.diffusion existed
+    torch.save(state, last)
+    resumed = train(_config(events, tmp_path, trainer={"epochs": 2, "resume_from": str(part.run_dir)}))
+    assert resumed.status == "COMPLETED" and resumed.epochs_completed == 2
+
+
 _CHILD = textwrap.dedent(
     """
     import sys

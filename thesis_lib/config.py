@@ -24,6 +24,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "VQConfig",
+    "DiffusionConfig",
     "OptimConfig",
     "TrainerConfig",
     "TelemetryConfig",
@@ -68,6 +69,24 @@ class VQConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """The diffusion_autoencoder's denoising process (thesis_lib/models/diffusion.py)."""
+
+    steps: int = field(default=100, metadata=_at_least(2))  # timesteps of the cosine noise schedule
+    sample_steps: int = field(default=10, metadata=_at_least(1))  # DDIM steps of forward()'s reconstruction
+    eval_timesteps: int = field(default=4, metadata=_at_least(1))  # fixed t values of eval losses and scores
+    denoiser_hidden: int = field(default=0, metadata=_at_least(0))  # 0: model.hidden_dim
+
+    def __post_init__(self) -> None:
+        # A cross-field rule: the per-field minimums are checked before this runs.
+        if self.sample_steps > self.steps:
+            raise ConfigError(
+                f"model.diffusion.sample_steps={self.sample_steps} must be <= model.diffusion.steps={self.steps}: "
+                "DDIM samples on a subsequence of the schedule's timesteps"
+            )
+
+
+@dataclass
 class ModelConfig:
     task: str = field(default="autoencoder", metadata=_registry("task"))
     encoder: str = field(default="mlp", metadata=_registry("encoder"))
@@ -83,6 +102,7 @@ class ModelConfig:
     tokens_weight: float = field(default=1.0, metadata=_at_least(0))  # weight of the token-type loss
     freeze: list[str] = field(default_factory=list)  # dotted submodule names, e.g. ["encoder"]
     vq: VQConfig = field(default_factory=VQConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
 
 
 @dataclass

@@ -21,12 +21,13 @@ from thesis_lib.models import registry
 from thesis_lib.models.registry import nearest_name
 
 # Part modules: imported for their @register side effect (and re-exported classes).
-from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, classifier  # noqa: F401
+from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, classifier  # noqa: F401
 from thesis_lib.models.autoencoder import Autoencoder
 from thesis_lib.models.bottlenecks import IdentityBottleneck, LinearBottleneck
 from thesis_lib.models.classifier import Classifier
 from thesis_lib.models.cnn import CNNEncoder, ResNetEncoder
 from thesis_lib.models.decoders import MLPDecoder
+from thesis_lib.models.diffusion import DiffusionAutoencoder
 from thesis_lib.models.encoders import MLPEncoder, TransformerEncoder
 from thesis_lib.models.gnn import GNNEncoder
 from thesis_lib.models.vq import VectorQuantizer
@@ -37,6 +38,7 @@ __all__ = [
     "count_parameters",
     "registry",
     "Autoencoder",
+    "DiffusionAutoencoder",
     "Classifier",
     "MLPEncoder",
     "TransformerEncoder",

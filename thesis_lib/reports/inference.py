@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CORRUPTIONS: tuple[str, ...] = tuple(CORRUPTIONS)
 DATA_META_FILE = "data_meta.json"
 MODEL_FILE = "model.pt"
+# How a run is scored, by what its model can do: reconstruction errors (per_event_errors: the
+# autoencoder and diffusion_autoencoder tasks) or class scores (predict_logits: the classifier).
 TASKS = ("autoencoder", "classifier")
 ANOMALY_SCORES = ("mse", "total")
 _PERCENTILES = {"p50": 50.0, "p95": 95.0, "p99": 99.0}
@@ -341,9 +343,11 @@ def _evaluate_run(run_dir: Path, data: _SplitCache, dev: torch.device, result: I
                   options: dict, data_path: Any) -> tuple[str, dict, pd.DataFrame]:
     """Load, score and summarise one run: (run_id, metrics, per-event frame)."""
     model, config, meta = load_run_model(run_dir, device=dev)
-    task = config.model.task
-    if task not in TASKS:
-        raise ReportError(f"{run_dir}: task {task!r} has no inference here; supported tasks: {', '.join(TASKS)}")
+    task = ("autoencoder" if hasattr(model, "per_event_errors") else
+            "classifier" if hasattr(model, "predict_logits") else None)
+    if task is None:
+        raise ReportError(f"{run_dir}: task {config.model.task!r} has no inference here: its model has neither "
+                          "per_event_errors (reconstruction scores) nor predict_logits (class scores)")
     path = resolve_data_path(run_dir, config, data_path)
     loader = data.get(path, meta, options["dataset_split"], options["batch_size"], options["max_samples"], run_dir)
     run_id = run_dir.name if run_dir.name not in result.models else f"{run_dir.parent.name}/{run_dir.name}"
@@ -356,7 +360,7 @@ def _evaluate_run(run_dir: Path, data: _SplitCache, dev: torch.device, result: I
         columns = _classifier_scores(model, loader, dev, amp, len(class_names))
         metrics = _classifier_metrics(columns, class_names)
     m = config.model
-    info = {"task": task, "run_dir": str(run_dir), "data_path": str(path), "split": options["dataset_split"],
+    info = {"task": task, "model_task": m.task, "run_dir": str(run_dir), "data_path": str(path), "split": options["dataset_split"],
             "encoder": m.encoder, "bottleneck": m.bottleneck, "latent_dim": m.latent_dim, "seed": config.trainer.seed}
     frame = pd.DataFrame({"run_id": run_id, "event": np.arange(len(columns["label"])), **columns})
     return run_id, {**info, **metrics}, frame

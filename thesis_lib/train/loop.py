@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Mapping, Sequence, Union
 
 from ..config import Config, flatten_dict, load_config
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..facts import create_run_dir
 from .checkpoint import load_checkpoint, resolve_last_checkpoint
 from .distributed import DistributedContext
@@ -78,7 +78,13 @@ def train(
 
 
 def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:
-    now, then = flatten_dict(cfg.to_dict()), flatten_dict(state["config"])
+    now = flatten_dict(cfg.to_dict())
+    try:
+        # Resolved again, so keys a newer thesis-lib added take their defaults instead of reading
+        # as changes (a run from before model.diffusion existed still resumes).
+        then = flatten_dict(load_config(state["config"]).to_dict())
+    except ConfigError:
+        then = flatten_dict(state["config"])
     differing = sorted(
         key
         for key in set(now) | set(then)
