@@ -80,8 +80,17 @@ class Autoencoder(nn.Module):
         """
         outputs = self(batch)
         valid = losses.valid_token_mask(batch["tokens_id"])
+        return self.combine_losses(outputs, batch, losses.masked_mse(outputs["cont"], batch["tokens_cont"], valid))
+
+    def combine_losses(self, outputs: dict[str, torch.Tensor], batch: Batch,
+                       loss_recon: torch.Tensor) -> dict[str, torch.Tensor]:
+        """`loss_and_metrics`' result from the forward outputs and the continuous features' loss.
+
+        Variants that reconstruct the continuous features another way (the diffusion denoiser)
+        pass their own `loss_recon`; the other parts, their weights and the names stay the same.
+        """
         parts = {
-            "loss_recon": losses.masked_mse(outputs["cont"], batch["tokens_cont"], valid),
+            "loss_recon": loss_recon,
             "loss_tokens": losses.token_cross_entropy(outputs["id_logits"], batch["tokens_id"]),
             "loss_globals": losses.mse_or_zero(outputs["globals"], batch["globals"]),
             "loss_commit": outputs["commit_loss"].float(),

@@ -249,19 +249,8 @@ class DiffusionAutoencoder(Autoencoder):
         predicted = self._x0_predictions(x0, batch["tokens_id"], valid, outputs["z_q"], fixed=not self.training)
         k = predicted.shape[0]
         # Every copy has the same valid count, so the pooled MSE is the mean of the K per-t MSEs.
-        parts = {
-            "loss_recon": losses.masked_mse(predicted.flatten(0, 1), x0.repeat(k, 1, 1), valid.repeat(k, 1)),
-            "loss_tokens": losses.token_cross_entropy(outputs["id_logits"], batch["tokens_id"]),
-            "loss_globals": losses.mse_or_zero(outputs["globals"], batch["globals"]),
-            "loss_commit": outputs["commit_loss"].float(),
-        }
-        total = (parts["loss_recon"] + self.tokens_weight * parts["loss_tokens"]
-                 + self.globals_beta * parts["loss_globals"] + parts["loss_commit"])
-        values = {"loss": total}
-        values.update({name: value.detach() for name, value in parts.items()})
-        for scalar, key in self.bottleneck_metrics.items():
-            values[scalar] = outputs[key].detach().float()
-        return values
+        loss_recon = losses.masked_mse(predicted.flatten(0, 1), x0.repeat(k, 1, 1), valid.repeat(k, 1))
+        return self.combine_losses(outputs, batch, loss_recon)
 
     @torch.no_grad()
     def per_event_errors(self, batch: Batch) -> dict[str, torch.Tensor]:
