@@ -71,7 +71,7 @@ def test_registry_names_are_populated_by_importing_the_package():
     assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer")
     assert registry.names("bottleneck") == ("identity", "linear", "vq")
     assert registry.names("decoder") == ("mlp",)
-    assert registry.names("task") == ("autoencoder", "classifier", "diffusion_autoencoder")
+    assert registry.names("task") == ("autoencoder", "classifier", "diffusion_autoencoder", "gan_autoencoder")
 
 
 def test_registry_unknown_name_lists_allowed_and_nearest():

@@ -192,10 +192,10 @@ def test_mixed_tasks_leave_out_the_other_task_and_say_why(tmp_path):
     assert list(report.runs_df["run_dir"]) == [str(ae)]
     assert report.excluded[0]["run_dir"] == str(clf)
     assert report.excluded[0]["reason"] == ("task 'classifier': analysis 'compare_tokenizers' reads autoencoder / "
-                                            "diffusion_autoencoder runs only")
+                                            "diffusion_autoencoder / gan_autoencoder runs only")
     assert yaml.safe_load(report.manifest_path.read_text())["excluded"][0]["task"] == "classifier"
-    with pytest.raises(ReportError, match=r"reads autoencoder / diffusion_autoencoder runs, but the 1 selected runs "
-                                          r"are of tasks \['classifier'\]"):
+    with pytest.raises(ReportError, match=r"reads autoencoder / diffusion_autoencoder / gan_autoencoder runs, but "
+                                          r"the 1 selected runs are of tasks \['classifier'\]"):
         build_sweep_report(run_dirs=[clf], analysis="compare_globals_heads", output_dir=tmp_path / "r2")
     # generic reads any task, one at a time: the most common one (here two classifiers to one autoencoder)
     clf2 = write_run(tmp_path, "clf2", val_recon=[0.9, 0.8], task="classifier")

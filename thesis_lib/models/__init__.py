@@ -21,7 +21,8 @@ from thesis_lib.models import registry
 from thesis_lib.models.registry import nearest_name
 
 # Part modules: imported for their @register side effect (and re-exported classes).
-from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, classifier  # noqa: F401
+from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, adversarial, classifier  # noqa: F401
+from thesis_lib.models.adversarial import GANAutoencoder
 from thesis_lib.models.autoencoder import Autoencoder
 from thesis_lib.models.bottlenecks import IdentityBottleneck, LinearBottleneck
 from thesis_lib.models.classifier import Classifier
@@ -39,6 +40,7 @@ __all__ = [
     "registry",
     "Autoencoder",
     "DiffusionAutoencoder",
+    "GANAutoencoder",
     "Classifier",
     "MLPEncoder",
     "TransformerEncoder",

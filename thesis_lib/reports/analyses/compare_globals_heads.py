@@ -31,7 +31,7 @@ FIGURES = {
     "all_val_curves": "Validation loss per epoch for every run, coloured by globals_beta.",
     "all_train_curves": "Training loss per epoch for every run, coloured by globals_beta.",
 }
-TASKS = ("autoencoder", "diffusion_autoencoder")  # the tasks with reconstruction losses
+TASKS = ("autoencoder", "diffusion_autoencoder", "gan_autoencoder")  # the tasks with reconstruction losses
 BETA_COLUMN = "model.globals_beta"
 _GRIDS = (("grid_best_val_loss", "best_val_loss", "total validation loss"),
           ("grid_best_rec_globals", "best_rec_globals", "globals reconstruction (val loss_globals)"),

@@ -40,7 +40,7 @@ FIGURES = {
     "time_to_threshold": "Wall time until the validation error first reached the threshold; hatched grey bars mark "
                          "runs that never did.",
 }
-TASKS = ("autoencoder", "diffusion_autoencoder")  # the tasks with reconstruction losses
+TASKS = ("autoencoder", "diffusion_autoencoder", "gan_autoencoder")  # the tasks with reconstruction losses
 FLOAT_BITS = 32
 
 
