@@ -18,7 +18,7 @@ from thesis_lib.config import load_config
 from thesis_lib.data import make_loaders, make_synthetic_events
 from thesis_lib.errors import ConfigError
 from thesis_lib.models import build_model
-from thesis_lib.monitoring import FIGURE_FAMILIES, FigureMonitor, FigureWarning
+from thesis_lib.monitoring import GENERAL_FAMILIES, FigureMonitor, FigureWarning
 from thesis_lib.monitoring import curves
 from thesis_lib.monitoring.curves import lr_cuts
 from thesis_lib.monitoring.recon import feature_names
@@ -83,7 +83,7 @@ def run_epochs(monitor, model, history):
 def test_every_family_writes_its_files_for_a_vq_autoencoder(tmp_path, data):
     model = make_model(data, bottleneck="vq")
     history = make_history(model, n_epochs=2)
-    monitor = FigureMonitor(tmp_path, families=list(FIGURE_FAMILIES), every_n_epochs=2, probe_batch=data.probe,
+    monitor = FigureMonitor(tmp_path, families=list(GENERAL_FAMILIES), every_n_epochs=2, probe_batch=data.probe,
                             cont_features=data.meta.cont_features)
     monitor.on_epoch_end(0, model, history)
     figures = tmp_path / "figures"
@@ -93,12 +93,12 @@ def test_every_family_writes_its_files_for_a_vq_autoencoder(tmp_path, data):
         monitor.on_epoch_end(epoch, model, history)
     monitor.on_train_end(model, history, "COMPLETED")
     names = sorted(p.name for p in figures.iterdir())
-    assert names == sorted([f"{f}.png" for f in FIGURE_FAMILIES]
+    assert names == sorted([f"{f}.png" for f in GENERAL_FAMILIES]
                            + [f"{f}_epoch{e:03d}.png" for f in ("recon", "codebook") for e in (0,)])
     for name in names:
         assert_png(figures / name)
     assert monitor.warnings == [] and monitor.notes == []
-    assert monitor.active == FIGURE_FAMILIES
+    assert monitor.active == GENERAL_FAMILIES
     # losses.png: epoch 0, then the end; epoch 1 is not one of every 2.
     assert [p.name for p in monitor.written].count("losses.png") == 2
     assert monitor.elapsed_s > 0
@@ -123,7 +123,7 @@ def test_classifier_skips_recon_and_codebook_with_one_note_each(tmp_path, data):
     run_epochs(monitor, model, history)
     monitor.on_train_end(model, history, "STOPPED")
     assert len(monitor.notes) == 2
-    assert "recon: the model is a Classifier, not an autoencoder" in monitor.notes[0]
+    assert "recon: the model (Classifier) is not an autoencoder" in monitor.notes[0]
     assert "codebook: the model's bottleneck is no bottleneck, not vq" in monitor.notes[1]
     assert monitor.warnings == [] and monitor.active == ("metrics",)
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["metrics.png"]

@@ -2,16 +2,27 @@
 
 Families (the names ``logging.figures`` lists): ``losses``, ``metrics``, ``latency``, ``lr``
 (curves from the TrainingHistory) and ``recon``, ``codebook`` (snapshots that probe the model on
-a fixed validation batch). Importing this package imports neither matplotlib nor torch: the
+a fixed validation batch); for one task's model, ``adversarial`` (gan_autoencoder: D's scores and
+loss, a curve) and ``diffusion`` (diffusion_autoencoder: the denoiser across its schedule and a
+DDIM trajectory, a snapshot). Importing this package imports neither matplotlib nor torch: the
 families are loaded when a monitor first draws them.
 """
 
 from .monitor import FigureMonitor, FigureWarning
-from .names import CURVE_FAMILIES, FIGURE_FAMILIES, SNAPSHOT_FAMILIES, check_figure_families
+from .names import (
+    FIGURE_FAMILIES,
+    CURVE_FAMILIES,
+    GENERAL_FAMILIES,
+    SNAPSHOT_FAMILIES,
+    TASK_FAMILIES,
+    check_figure_families,
+)
 
 __all__ = [
     "FigureMonitor",
     "FigureWarning",
+    "GENERAL_FAMILIES",
+    "TASK_FAMILIES",
     "FIGURE_FAMILIES",
     "CURVE_FAMILIES",
     "SNAPSHOT_FAMILIES",

@@ -9,8 +9,9 @@ loop that imports it) does not import matplotlib.
 
 Files under ``<run_dir>/figures/``: every family writes ``<family>.png`` at the end of training.
 At the epochs where ``epoch % every_n_epochs == 0``, curve families (losses, metrics, latency,
-lr) replace ``<family>.png`` atomically, so a crashed run keeps its latest curves, and snapshot
-families (recon, codebook) write ``<family>_epoch<NNN>.png`` and keep them, to show how they evolve.
+lr, adversarial) replace ``<family>.png`` atomically, so a crashed run keeps its latest curves, and
+snapshot families (recon, codebook, diffusion) write ``<family>_epoch<NNN>.png`` and keep them, to
+show how they evolve.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ _DRAWERS: Mapping[str, tuple[str, str]] = {
     "lr": ("thesis_lib.monitoring.curves", "lr_figure"),
     "recon": ("thesis_lib.monitoring.recon", "recon_figure"),
     "codebook": ("thesis_lib.monitoring.codebook", "codebook_figure"),
+    "adversarial": ("thesis_lib.monitoring.adversarial", "adversarial_figure"),
+    "diffusion": ("thesis_lib.monitoring.diffusion", "diffusion_figure"),
 }
 
 
@@ -70,7 +73,8 @@ class FigureMonitor:
             families: family names (see `thesis_lib.monitoring.FIGURE_FAMILIES`); empty: off.
             every_n_epochs: draw at the epoch ends where ``epoch % every_n_epochs == 0``.
             probe_batch: a small fixed validation batch (dict of tensors on the model's device)
-                for recon and codebook, or None (recon is then skipped, codebook shows EMA usage only).
+                for recon, codebook and diffusion, or None (recon and diffusion are then skipped,
+                codebook shows EMA usage only).
             cont_features: names of the continuous token features for recon's panels
                 (e.g. ``meta.cont_features``); default: the model's ``cont_features``, else indices.
 

@@ -12,20 +12,33 @@ from typing import Iterable
 
 from thesis_lib.errors import ConfigError
 
-__all__ = ["CURVE_FAMILIES", "SNAPSHOT_FAMILIES", "FIGURE_FAMILIES", "check_figure_families"]
+__all__ = [
+    "CURVE_FAMILIES",
+    "SNAPSHOT_FAMILIES",
+    "GENERAL_FAMILIES",
+    "TASK_FAMILIES",
+    "FIGURE_FAMILIES",
+    "check_figure_families",
+]
 
 # Curves are drawn from the TrainingHistory alone; each draw replaces figures/<family>.png.
-CURVE_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr")
+CURVE_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr", "adversarial")
 # Snapshots probe the model; each epoch's draw is kept as figures/<family>_epoch<NNN>.png.
-SNAPSHOT_FAMILIES: tuple[str, ...] = ("recon", "codebook")
-FIGURE_FAMILIES: tuple[str, ...] = CURVE_FAMILIES + SNAPSHOT_FAMILIES
+SNAPSHOT_FAMILIES: tuple[str, ...] = ("recon", "codebook", "diffusion")
+# The general families, which any autoencoder run draws (classifiers skip recon and codebook).
+GENERAL_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr", "recon", "codebook")
+# Families of one task's model (adversarial: gan_autoencoder, diffusion: diffusion_autoencoder);
+# every other run skips them with a note. Listed last so error messages name the general ones first.
+TASK_FAMILIES: tuple[str, ...] = ("adversarial", "diffusion")
+# What logging.figures accepts.
+FIGURE_FAMILIES: tuple[str, ...] = GENERAL_FAMILIES + TASK_FAMILIES
 
 
 def check_figure_families(families: Iterable[str], key: str = "logging.figures") -> tuple[str, ...]:
     """Validate a list of figure-family names.
 
     Args:
-        families: the names a config lists, e.g. ["losses", "recon"].
+        families: the names a config lists, e.g. ["losses", "recon"]; any of FIGURE_FAMILIES.
         key: the config key named in error messages.
 
     Returns:

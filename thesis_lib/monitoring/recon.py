@@ -45,7 +45,7 @@ def recon_figure(ctx: FigureContext) -> Figure:
         raise FamilySkipped("recon: no probe batch was given; skipped")
     model = unwrap_model(ctx.model)
     if not (hasattr(model, "encoder") and hasattr(model, "decoder")):
-        raise FamilySkipped(f"recon: the model is a {type(model).__name__}, not an autoencoder; skipped")
+        raise FamilySkipped(f"recon: the model ({type(model).__name__}) is not an autoencoder; skipped")
     batch = ctx.probe_batch
     missing = [key for key in ("tokens_id", "tokens_cont") if key not in batch]
     if missing:
