@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -18,39 +17,19 @@ from thesis_lib.errors import ConfigError, ModelError
 from thesis_lib.models import Autoencoder, GANAutoencoder, build_model, count_parameters
 from thesis_lib.models.adversarial import EventDiscriminator, reverse_gradient
 
-META = SimpleNamespace(n_tokens=6, cont_dim=4, globals_dim=3, n_token_types=5, n_classes=3)
+import tiny_autoencoders as tiny
+from tiny_autoencoders import META, make_batch
+
+TASK = "gan_autoencoder"
 GAME_SCALARS = ("loss_adv", "metric_d_real", "metric_d_fake")
 
 
 def model_cfg(**overrides):
-    """A tiny gan_autoencoder config namespace; `vq` and `adversarial` take dicts of overrides."""
-    vq = dict(codebook_size=16, code_dim=4, beta=0.25, decay=0.99, eps=1e-5, dead_code_threshold=0.01)
-    vq.update(overrides.pop("vq", {}))
-    adversarial = dict(weight=0.1, grl_lambda=1.0, disc_hidden=0)
-    adversarial.update(overrides.pop("adversarial", {}))
-    values = dict(task="gan_autoencoder", encoder="mlp", bottleneck="identity", decoder="mlp", latent_dim=8,
-                  hidden_dim=16, num_layers=2, num_heads=2, token_embed_dim=4, dropout=0.0, globals_beta=0.1,
-                  tokens_weight=1.0, freeze=[])
-    values.update(overrides)
-    return SimpleNamespace(**values, vq=SimpleNamespace(**vq), adversarial=SimpleNamespace(**adversarial))
-
-
-def make_batch(batch_size=8, seed=0, empty_events=(0,)):
-    """Trailing padding with cont zero there (as the loaders give), event 0 without tokens."""
-    gen = torch.Generator().manual_seed(seed)
-    n_valid = torch.randint(1, META.n_tokens + 1, (batch_size,), generator=gen)
-    n_valid[list(empty_events)] = 0
-    valid = torch.arange(META.n_tokens).unsqueeze(0) < n_valid.unsqueeze(1)
-    tokens_id = torch.randint(1, META.n_token_types, (batch_size, META.n_tokens), generator=gen) * valid
-    tokens_cont = torch.randn(batch_size, META.n_tokens, META.cont_dim, generator=gen) * valid.unsqueeze(-1)
-    return {"tokens_id": tokens_id, "tokens_cont": tokens_cont,
-            "globals": torch.randn(batch_size, META.globals_dim, generator=gen),
-            "labels": torch.randint(0, META.n_classes, (batch_size,), generator=gen)}
+    return tiny.model_cfg(TASK, **overrides)
 
 
 def build(seed=0, **overrides):
-    torch.manual_seed(seed)
-    return build_model(model_cfg(**overrides), META)
+    return tiny.build(TASK, seed, **overrides)
 
 
 def adversarial_loss(model, batch):
