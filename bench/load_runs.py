@@ -39,7 +39,9 @@ import pandas as pd
 import yaml
 
 from thesis_lib.config import Config
-from thesis_lib.facts import RunWriter, config_hash, load_runs, scalar_columns
+from thesis_lib.record.writer import RunWriter
+from thesis_lib.record.schema import config_hash, scalar_columns
+from thesis_lib.facts import load_runs
 from thesis_lib.reports.sweep_report import build_sweep_report, render_sweep_report
 
 EPOCHS = 10

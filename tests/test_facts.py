@@ -17,22 +17,13 @@ import pytest
 import yaml
 
 from thesis_lib.errors import FactsError, NoValidRunsError, SchemaVersionError
-from thesis_lib.facts import (
-    TAIL_SCALAR_COLUMNS,
-    RunWriter,
-    atomic_open,
-    atomic_write_text,
-    collect_env,
-    config_hash,
-    create_run_dir,
-    discover_runs,
-    load_runs,
-    read_events,
-    read_scalars,
-    run_status,
-    scalar_columns,
-)
-from thesis_lib.facts import run_dir as run_dir_module
+from thesis_lib.record.schema import TAIL_SCALAR_COLUMNS, config_hash, scalar_columns
+from thesis_lib.record.writer import RunWriter
+from thesis_lib.atomic_files import atomic_open, atomic_write_text
+from thesis_lib.record.env import collect_env
+from thesis_lib.layout import create_run_dir
+from thesis_lib.facts import discover_runs, load_runs, read_events, read_scalars, run_status
+from thesis_lib import layout as run_dir_module
 
 COLUMNS = scalar_columns(["loss", "loss_recon", "metric_perplex"])
 CONFIG = {

@@ -12,7 +12,8 @@ import pytest
 from thesis_lib.config import Config
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import FactsError, ReportError
-from thesis_lib.facts import RunWriter, scalar_columns
+from thesis_lib.record.writer import RunWriter
+from thesis_lib.record.schema import scalar_columns
 from thesis_lib.reports import (
     SECTIONS,
     curves_figure,

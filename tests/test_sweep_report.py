@@ -18,10 +18,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from thesis_lib import __version__
+from thesis_lib.version import __version__
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import ConfigError, FactsError, ReportError
-from thesis_lib.facts import RunWriter, config_hash, create_run_dir, scalar_columns
+from thesis_lib.record.writer import RunWriter
+from thesis_lib.record.schema import config_hash, scalar_columns
+from thesis_lib.layout import create_run_dir
 from thesis_lib.reports.analyses import ANALYSES, get_analysis
 from thesis_lib.reports.analyses.compare_tokenizers import compression_bits, time_to_threshold
 from thesis_lib.reports.sweep_plots import pareto_front

@@ -17,7 +17,8 @@ from .errors import (
     ThesisLibError,
 )
 from .export import export_model
-from .facts import RunWriter, discover_runs, load_runs
+from .record.writer import RunWriter
+from .facts import discover_runs, load_runs
 from .models import build_model
 from .sweep import SweepResult, sweep
 from .train import RunResult, train

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
+from .version import __version__
 from .errors import ConfigError, ModelError, ThesisLibError
-from .facts.run_dir import atomic_write_bytes, atomic_write_text
-from .facts.schema import CONFIG_FILE
+from .atomic_files import atomic_write_bytes, atomic_write_text
+from .layout import CONFIG_FILE
 from .models import build_model
 
 __all__ = ["EXPORT_FORMATS", "EXPORT_INFO_FILE", "INPUT_NAMES", "ExportWrapper", "export_model"]

@@ -19,16 +19,8 @@ import pandas as pd
 import yaml
 
 from ..errors import FactsError, SchemaVersionError
-from .schema import (
-    BASE_SCALAR_COLUMNS,
-    CONFIG_FILE,
-    EVENTS_FILE,
-    SCALARS_FILE,
-    SCHEMA_VERSION,
-    STEPS_COLUMNS,
-    STEPS_FILE,
-    TELEMETRY_FILE,
-)
+from ..record.schema import BASE_SCALAR_COLUMNS, SCHEMA_VERSION, STEPS_COLUMNS
+from ..layout import CONFIG_FILE, EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE
 
 __all__ = [
     "read_events",

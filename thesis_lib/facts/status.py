@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .schema import EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE
+from ..layout import EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE
 
 __all__ = ["run_status"]
 

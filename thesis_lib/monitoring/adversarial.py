@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from .context import FamilySkipped, FigureContext
 from .curves import _TRAIN, _VAL, _epochs_or_none, _mark_cuts, _series, lr_cuts
-from .figure_io import epoch_axis, new_figure, no_data
+from ..figure_io import epoch_axis, new_figure, no_data
 
 __all__ = ["adversarial_figure", "BALANCED_BCE"]
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from thesis_lib.models.vq import VectorQuantizer, code_perplexity
 
 from .context import FamilySkipped, FigureContext
-from .figure_io import new_figure, no_data
+from ..figure_io import new_figure, no_data
 from .probes import probing, to_numpy, unwrap_model
 
 __all__ = ["codebook_figure"]

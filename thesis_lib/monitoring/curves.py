@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .context import FamilySkipped, FigureContext, history_view
-from .figure_io import epoch_axis, log_scale_if_positive, new_figure, no_data
+from ..figure_io import epoch_axis, log_scale_if_positive, new_figure, no_data
 
 __all__ = ["losses_figure", "metrics_figure", "latency_figure", "lr_figure", "lr_cuts"]
 

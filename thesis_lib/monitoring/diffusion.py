@@ -29,7 +29,7 @@ from thesis_lib.models import losses
 from thesis_lib.models.diffusion import EVAL_NOISE_SEED, DiffusionAutoencoder
 
 from .context import FamilySkipped, FigureContext
-from .figure_io import log_scale_if_positive, new_figure, no_data
+from ..figure_io import log_scale_if_positive, new_figure, no_data
 from .probes import batch_size_of, probing, to_numpy, unwrap_model
 from .recon import feature_names
 

@@ -148,7 +148,7 @@ class FigureMonitor:
             fig = draw(ctx)
             if fig is None:  # nothing to draw yet (no epoch finished)
                 return
-            from .figure_io import figure_path, release_figure, save_figure
+            from ..figure_io import figure_path, release_figure, save_figure
 
             epoch = None if final or family in CURVE_FAMILIES else ctx.epoch
             try:

@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .context import FamilySkipped, FigureContext
-from .figure_io import new_figure, no_data
+from ..figure_io import new_figure, no_data
 from .probes import batch_size_of, probing, to_numpy, unwrap_model
 
 __all__ = ["recon_figure", "feature_names"]

@@ -39,8 +39,8 @@ from ..data.loader import DataMeta, EventLoader
 from ..data.synthetic import ANOMALY_PROCESS
 from ..errors import ConfigError, DataError, ReportError, ThesisLibError
 from ..facts import read_config
-from ..facts.schema import ENV_FILE
-from ..facts.writer import to_plain
+from ..layout import ENV_FILE
+from ..record.writer import to_plain
 from ..models import build_model
 
 __all__ = ["DEFAULT_CORRUPTIONS", "InferenceResult", "auroc", "score_summary", "load_run_model",

@@ -16,8 +16,8 @@ from typing import Any, Mapping, Optional, Union
 
 from ..shipped import shipped_notebook
 from ..errors import FactsError, ReportError
-from ..facts.run_dir import atomic_write_bytes, atomic_write_text
-from ..facts.schema import EVENTS_FILE
+from ..atomic_files import atomic_write_bytes, atomic_write_text
+from ..layout import EVENTS_FILE
 from .run_report import load_run_report
 from .telemetry_plot import write_report_figures
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import FactsError
 from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
-from ..facts.schema import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE
+from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE
 from .findings import find
 from .run_metrics import KeyMetrics, TelemetrySummary, gpu_indices, key_metrics, telemetry_summary
 

@@ -34,11 +34,12 @@ import pandas as pd
 import yaml
 
 from ..shipped import shipped_notebook
-from .. import __version__
+from ..version import __version__
 from ..errors import ConfigError, FactsError, ReportError
 from ..facts import discover_runs, load_runs
-from ..facts.run_dir import atomic_write_text, sanitize_run_name
-from ..facts.writer import to_plain
+from ..atomic_files import atomic_write_text
+from ..layout import sanitize_run_name
+from ..record.writer import to_plain
 from .analyses import (AnalysisContext, AnalysisOutput, check_which_figures, energy_per_run, filter_tasks, get_analysis,
                        select_runs)
 from .render import render_notebook

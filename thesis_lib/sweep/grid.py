@@ -23,7 +23,7 @@ import yaml
 
 from ..config import Config, load_config
 from ..errors import ConfigError
-from ..facts import config_hash
+from ..record.schema import config_hash
 
 __all__ = [
     "SweepPoint",

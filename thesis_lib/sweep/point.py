@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from ..errors import DataError, FactsError
-from ..facts import read_config, read_events, run_status, sanitize_run_name
+from ..facts import read_config, read_events, run_status
+from ..layout import sanitize_run_name
 
 __all__ = ["PointTask", "PointOutcome", "execute_point", "find_new_run_dir"]
 

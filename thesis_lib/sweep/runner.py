@@ -27,8 +27,9 @@ import yaml
 from ..shipped import shipped_notebook
 from ..config import Config
 from ..errors import ConfigError, FactsError
-from ..facts import read_config, read_events, run_status, sanitize_run_name
-from ..facts.run_dir import atomic_write_text
+from ..facts import read_config, read_events, run_status
+from ..layout import sanitize_run_name
+from ..atomic_files import atomic_write_text
 from .executors import EXECUTORS, PointOutcome, PointTask, check_executor, make_executor
 from .grid import SweepPoint, expand_grid, parse_grid_arg, parse_seeds_arg, point_config_hash, resolve_base, spec_hash
 
@@ -279,7 +280,7 @@ class _SweepRecord:
     """sweep.yaml: what the sweep is (spec) and how far it got (point statuses), rewritten atomically."""
 
     def __init__(self, directory: Path, *, name, spec, base, grid, seeds, executor, via):
-        from .. import __version__
+        from ..version import __version__
 
         self.path = directory / SWEEP_FILE
         self.directory = directory

@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from ..errors import ConfigError
-from ..facts import sanitize_run_name
+from ..layout import sanitize_run_name
 from .point import PointOutcome, PointTask, execute_point, find_new_run_dir
 
 __all__ = ["visible_gpu_ids", "ProcessExecutor", "DaskExecutor"]

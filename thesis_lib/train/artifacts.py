@@ -11,8 +11,8 @@ from typing import Any, Optional
 
 import torch
 
-from .. import __version__
-from ..facts.run_dir import atomic_write_text
+from ..version import __version__
+from ..atomic_files import atomic_write_text
 from ..models import count_parameters
 
 __all__ = ["TrainingHistory", "write_model_info"]

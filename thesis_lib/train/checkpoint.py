@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..facts.run_dir import atomic_open
+from ..atomic_files import atomic_open
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "resolve_last_checkpoint"]
 

@@ -12,7 +12,7 @@ from typing import Mapping, Sequence, Union
 
 from ..config import Config, flatten_dict, load_config
 from ..errors import CheckpointError, ConfigError
-from ..facts import create_run_dir
+from ..layout import create_run_dir
 from .checkpoint import load_checkpoint, resolve_last_checkpoint
 from .distributed import DistributedContext
 from .optim import resolve_device

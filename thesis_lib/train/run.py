@@ -27,8 +27,11 @@ import torch
 from ..config import Config
 from ..data import make_loaders
 from ..errors import NonFiniteLossError
-from ..facts import TELEMETRY_FILE, RunWriter, collect_env, config_hash, scalar_columns
-from ..facts.run_dir import atomic_write_text
+from ..layout import TELEMETRY_FILE
+from ..record.writer import RunWriter
+from ..record.env import collect_env
+from ..record.schema import config_hash, scalar_columns
+from ..atomic_files import atomic_write_text
 from ..models import build_model, count_parameters
 from ..monitoring import FigureMonitor
 from .artifacts import TrainingHistory, write_model_info

@@ -73,7 +73,7 @@ def _probe(env: dict, name: str, action: Callable[[], None]) -> None:
 
 def _thesis_lib_version() -> str | None:
     """The installed package's version."""
-    from .. import __version__
+    from ..version import __version__
 
     return __version__
 

@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from thesis_lib.facts.run_dir import atomic_open
+from thesis_lib.atomic_files import atomic_open
 
 __all__ = [
     "DPI",

@@ -19,13 +19,7 @@ __all__ = [
     "BASE_SCALAR_COLUMNS",
     "TAIL_SCALAR_COLUMNS",
     "EVENT_FIELDS",
-    "EVENTS_FILE",
-    "SCALARS_FILE",
-    "TELEMETRY_FILE",
-    "STEPS_FILE",
     "STEPS_COLUMNS",
-    "CONFIG_FILE",
-    "ENV_FILE",
     "scalar_columns",
     "config_hash",
 ]
@@ -46,16 +40,10 @@ TAIL_SCALAR_COLUMNS = ("lr", "grad_norm", "epoch_time_s", "samples", "throughput
 # Every event carries these; a payload may not use them as keys.
 EVENT_FIELDS = ("schema_version", "moment", "run_id", "time", "t")
 
-# Paths relative to the run directory.
-EVENTS_FILE = "facts/events.jsonl"
-SCALARS_FILE = "facts/scalars.csv"
-TELEMETRY_FILE = "facts/telemetry.csv"
-# The training loss at sync-point resolution (mean over the steps since the previous sync point),
-# buffered in memory during the epoch and written at its end: the step itself does no I/O.
-STEPS_FILE = "facts/steps.csv"
+# facts/steps.csv: the training loss at sync-point resolution (mean over the steps since the
+# previous sync point), buffered in memory during the epoch and written at its end: the step
+# itself does no I/O. Where each file lives is thesis_lib.layout's.
 STEPS_COLUMNS = ("epoch", "step", "t", "loss", "lr")
-CONFIG_FILE = "config.yaml"
-ENV_FILE = "env.json"
 
 
 def scalar_columns(model_scalar_names: Iterable[str]) -> tuple[str, ...]:

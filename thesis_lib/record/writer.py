@@ -22,18 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from ..errors import FactsError
-from .run_dir import atomic_write_text
-from .schema import (
-    CONFIG_FILE,
-    ENV_FILE,
-    EVENT_FIELDS,
-    EVENTS_FILE,
-    MOMENTS,
-    SCALARS_FILE,
-    SCHEMA_VERSION,
-    STEPS_COLUMNS,
-    STEPS_FILE,
-)
+from ..atomic_files import atomic_write_text
+from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE, STEPS_FILE
+from .schema import EVENT_FIELDS, MOMENTS, SCHEMA_VERSION, STEPS_COLUMNS
 
 __all__ = ["RunWriter", "to_plain"]
 

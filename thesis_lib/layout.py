@@ -1,0 +1,162 @@
+"""Where everything lives: every file and folder of a run, a sweep and a report directory, named once.
+
+This is the contract every part shares: the loop and the facts writer write these paths, the
+readers, reports, exports and sweeps find them here, and `RUN_LAYOUT` / `SWEEP_LAYOUT` /
+`REPORT_LAYOUT` say in one line each what a path holds (a test compares `RUN_LAYOUT` with what a
+real run writes, so a new file must be registered here to exist). Paths are relative to the
+directory they belong to, with "/" as separator. The module is a leaf: it imports nothing of
+thesis_lib but its errors, and neither torch nor pandas.
+
+Run ids are `run_<YYYYmmdd-HHMMSS>_<name>_<4 hex>` (local time). Uniqueness comes from
+`os.mkdir`, which fails when the directory exists, on every POSIX filesystem including NFS:
+a collision (50 runs of one sweep started in the same second) retries with a new suffix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+from .errors import FactsError
+
+__all__ = ["RUN_LAYOUT", "SWEEP_LAYOUT", "REPORT_LAYOUT", "create_run_dir", "sanitize_run_name"]
+
+# --- under an output root (`output_root`, "outputs" by default) ---------------------------------
+RUNS_DIR = "runs"  # <output_root>/runs/<run_id>/: one run directory each; a sweep has its own runs/
+SWEEPS_DIR = "multiruns"  # <output_root>/multiruns/exp_<stamp>_<name>/: one sweep directory each
+REPORTS_DIR = "reports"  # <output_root>/reports/report_<stamp>_<name>/: one sweep report each
+
+# --- a run directory -------------------------------------------------------------------------------
+CONFIG_FILE = "config.yaml"
+ENV_FILE = "env.json"
+DATA_META_FILE = "data_meta.json"
+FACTS_DIR = "facts"
+EVENTS_FILE = f"{FACTS_DIR}/events.jsonl"
+SCALARS_FILE = f"{FACTS_DIR}/scalars.csv"
+STEPS_FILE = f"{FACTS_DIR}/steps.csv"
+TELEMETRY_FILE = f"{FACTS_DIR}/telemetry.csv"
+LOGS_DIR = "logs"
+STDOUT_LOG = f"{LOGS_DIR}/stdout.log"
+BEST_CHECKPOINT = "best_val.pt"
+LAST_CHECKPOINT = "last.pt"
+MODEL_FILE = "model.pt"
+MODEL_INFO_FILE = "model_info.json"
+HISTORY_FILE = "training_history.json"
+FIGURES_DIR = "figures"
+EXPORTS_DIR = "exports"
+EXPORT_INFO_FILE = "export_info.json"  # inside the exports folder (EXPORTS_DIR unless another is given)
+DRIVER_NOTEBOOK = "train.ipynb"
+RUN_REPORT_DIR = "report"
+REPORT_BACKLINKS = "reports.txt"
+# A report folder (a run's report/ or a sweep report directory) holds the executed template
+# exported under one stem; images of the Markdown go to <stem>_files/.
+REPORT_STEM = "report"
+REPORT_HTML = f"{REPORT_STEM}.html"
+REPORT_MARKDOWN = f"{REPORT_STEM}.md"
+TELEMETRY_FIGURE = "telemetry.png"
+CURVES_FIGURE = "curves.png"
+
+RUN_LAYOUT: dict[str, str] = {
+    CONFIG_FILE: "the resolved config that produced the run, exactly",
+    ENV_FILE: "host, python, torch, CUDA, GPU name/driver/power limit, git commit, pid, world size",
+    DATA_META_FILE: "feature names, split sizes and the train split's z-score statistics",
+    FACTS_DIR: "the run's facts, append-only",
+    EVENTS_FILE: "lifecycle events (on_start ... on_exception), one JSON object a line",
+    SCALARS_FILE: "one row per (epoch, split) under a header fixed at the start",
+    STEPS_FILE: "the training loss at sync-point resolution",
+    TELEMETRY_FILE: "one row per telemetry sample: GPU via NVML, process CPU% and RSS",
+    LOGS_DIR: "what the run printed",
+    STDOUT_LOG: "everything the run printed, stdout and stderr",
+    BEST_CHECKPOINT: "the best validation epoch's weights, replaced when it improves",
+    LAST_CHECKPOINT: "weights, optimiser, scheduler, early stopping and RNG state after the last epoch (resume)",
+    MODEL_FILE: "the best epoch's weights (a state_dict), however the run ended",
+    MODEL_INFO_FILE: "architecture, parameter counts, status, best epoch and test metrics",
+    HISTORY_FILE: "per-epoch losses, metrics and learning rates",
+    FIGURES_DIR: "training-time figure families (when logging.figures lists any)",
+    EXPORTS_DIR: "state_dict, TorchScript and ONNX exports and export_info.json (thesis-lib export)",
+    f"{EXPORTS_DIR}/{EXPORT_INFO_FILE}": "what was exported: files, sha256, shapes, max difference from eager",
+    DRIVER_NOTEBOOK: "the executed driver notebook, when the run went through papermill",
+    RUN_REPORT_DIR: "the run report (report.enabled)",
+    f"{RUN_REPORT_DIR}/{REPORT_HTML}": "the report as one offline HTML page",
+    f"{RUN_REPORT_DIR}/{REPORT_MARKDOWN}": "the report as Markdown, figures beside it",
+    f"{RUN_REPORT_DIR}/{TELEMETRY_FIGURE}": "the six telemetry panels: loss, LR, VRAM, GPU util, power, temperature",
+    f"{RUN_REPORT_DIR}/{CURVES_FIGURE}": "loss and metric curves per epoch",
+    REPORT_BACKLINKS: "the sweep reports that included this run, one path a line",
+}
+
+# --- a sweep directory -----------------------------------------------------------------------------
+SWEEP_FILE = "sweep.yaml"
+
+SWEEP_LAYOUT: dict[str, str] = {
+    SWEEP_FILE: "base config, grid, seeds, executor and each point's state, rewritten as points finish",
+    RUNS_DIR: "the sweep's run directories",
+}
+
+# --- a sweep report directory ----------------------------------------------------------------------
+MANIFEST_FILE = "manifest.yaml"
+TRAINING_DIR = "training"
+INFERENCE_DIR = "inference"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_JSON = "summary.json"
+
+REPORT_LAYOUT: dict[str, str] = {
+    MANIFEST_FILE: "what the report was made from: inputs, runs, skipped runs, outputs, versions",
+    TRAINING_DIR: "the training analysis",
+    f"{TRAINING_DIR}/{SUMMARY_CSV}": "one row per run (load_runs' runs_df)",
+    f"{TRAINING_DIR}/{SUMMARY_JSON}": "the analysis' tables and notes",
+    f"{TRAINING_DIR}/{FIGURES_DIR}": "the analysis' figures",
+    INFERENCE_DIR: "the inference analysis (when asked for)",
+    f"{INFERENCE_DIR}/{SUMMARY_JSON}": "per-run reconstruction errors and AUROC",
+    f"{INFERENCE_DIR}/{FIGURES_DIR}": "error distributions and ROC curves",
+    REPORT_HTML: "the executed sweep report as one offline HTML page",
+    REPORT_MARKDOWN: "the executed sweep report as Markdown",
+}
+
+_MAX_NAME_CHARS = 64
+_MAX_ATTEMPTS = 64
+
+
+def sanitize_run_name(run_name: str) -> str:
+    """Keep [A-Za-z0-9_.-]; other runs of characters become '-'; empty or dot-only names become 'run'."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(run_name)).strip("-.")
+    return cleaned[:_MAX_NAME_CHARS] or "run"
+
+
+def create_run_dir(output_root: str | Path, run_name: str) -> tuple[Path, str]:
+    """Create `<output_root>/runs/<run_id>/` with its `facts/` and `logs/` folders.
+
+    Args:
+        output_root: the outputs folder (created if missing).
+        run_name: a human name for the run; characters outside [A-Za-z0-9_.-] are replaced.
+
+    Returns:
+        (run_dir, run_id).
+
+    Raises:
+        FactsError: the runs folder cannot be created, or no free id was found after many tries.
+    """
+    runs_root = Path(output_root) / RUNS_DIR
+    try:
+        runs_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FactsError(f"cannot create the runs folder {runs_root}: {exc}") from exc
+    name = sanitize_run_name(run_name)
+    for _ in range(_MAX_ATTEMPTS):
+        run_id = f"run_{time.strftime('%Y%m%d-%H%M%S')}_{name}_{secrets.token_hex(2)}"
+        run_dir = runs_root / run_id
+        try:
+            os.mkdir(run_dir)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise FactsError(f"cannot create the run directory {run_dir}: {exc}") from exc
+        (run_dir / FACTS_DIR).mkdir()
+        (run_dir / LOGS_DIR).mkdir()
+        return run_dir, run_id
+    raise FactsError(
+        f"no free run id under {runs_root} for name {name!r} after {_MAX_ATTEMPTS} tries; "
+        "is something creating directories there in a loop?"
+    )
