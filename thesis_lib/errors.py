@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable, Optional
+
 __all__ = [
     "ThesisLibError",
     "ConfigError",
@@ -13,6 +16,7 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointError",
     "ReportError",
+    "did_you_mean",
 ]
 
 
@@ -54,3 +58,9 @@ class CheckpointError(ThesisLibError):
 
 class ReportError(ThesisLibError):
     """A report could not be rendered; the message names the run (or template) and the failing step."""
+
+
+def did_you_mean(name: object, allowed: Iterable[object]) -> Optional[str]:
+    """The allowed name closest to `name` (difflib's ratio of at least 0.5), or None: the hint of an error message."""
+    matches = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.5)
+    return matches[0] if matches else None
