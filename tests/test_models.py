@@ -8,7 +8,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from thesis_lib.errors import ModelError
+from thesis_lib import config as config_module
+from thesis_lib.config import load_config
+from thesis_lib.errors import ConfigError, ModelError
 from thesis_lib.models import (
     Autoencoder,
     Classifier,
@@ -67,6 +69,11 @@ def make_batch(batch_size=8, seed=0, meta=META, empty_events=()):
 # ---------------------------------------------------------------- registry
 
 
+def test_every_name_a_config_may_choose_has_a_builder_and_no_builder_is_unknown_to_the_config():
+    for kind in registry.KINDS:
+        assert registry.names(kind) == tuple(sorted(config_module.MODEL_PART_NAMES[kind])), kind
+
+
 def test_registry_names_are_populated_by_importing_the_package():
     assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer")
     assert registry.names("bottleneck") == ("identity", "linear", "vq")
@@ -92,6 +99,9 @@ def test_build_model_with_misspelled_encoder_suggests_the_right_one():
 
 def test_new_part_is_one_register_line_and_duplicates_are_refused(monkeypatch):
     monkeypatch.setattr(registry, "_BUILDERS", copy.deepcopy(registry._BUILDERS))
+    monkeypatch.setattr(config_module, "MODEL_PART_NAMES", copy.deepcopy(config_module.MODEL_PART_NAMES))
+    with pytest.raises(ConfigError, match="allowed: cnn, gnn, mlp, resnet, transformer$"):
+        load_config(None, ["model.encoder=zeros"])
 
     @registry.register("encoder", "zeros")
     def build_zero_encoder(cfg, meta):
@@ -102,6 +112,7 @@ def test_new_part_is_one_register_line_and_duplicates_are_refused(monkeypatch):
         )
 
     assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer", "zeros")
+    assert load_config(None, ["model.encoder=zeros"]).model.encoder == "zeros"  # the config learns the name
     model = build_model(model_cfg(encoder="zeros"), META)
     assert model.encoder.mlp[0].in_features == 6 * (4 + 2) + 3
     with pytest.raises(ModelError, match=r"encoder 'mlp' is already registered \(by thesis_lib\.models\.encoders\.build_mlp_encoder\)"):

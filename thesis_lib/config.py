@@ -7,17 +7,16 @@ an unknown key or value names the key, the bad value, the allowed ones and the n
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence, Union
+from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 __all__ = [
     "Config",
@@ -34,11 +33,44 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "flatten_dict",
+    "MODEL_PART_NAMES",
+    "FIGURE_FAMILIES",
+    "allow_model_part",
+    "check_figure_families",
 ]
 
 
+# The names a config may choose for each kind of model part. The config owns them, so it
+# validates a config without importing torch or the models; thesis_lib.models registers one
+# builder per name (a test checks that none is missing), and a builder registered under a name
+# of its own (a part written outside the library) adds that name here (`allow_model_part`).
+MODEL_PART_NAMES: dict[str, list[str]] = {
+    "encoder": ["cnn", "gnn", "mlp", "resnet", "transformer"],
+    "bottleneck": ["identity", "linear", "vq"],
+    "decoder": ["mlp"],
+    "task": ["autoencoder", "classifier", "diffusion_autoencoder", "gan_autoencoder"],
+}
+
+# What logging.figures accepts: the training-time figure families of thesis_lib.monitoring. The
+# general families come first (any autoencoder run draws them), then the two of one task each, so
+# error messages name the general ones first.
+FIGURE_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr", "recon", "codebook", "adversarial", "diffusion")
+
+
+def allow_model_part(kind: str, name: str) -> None:
+    """Let configs choose `name` for `kind` (called by `thesis_lib.models.registry.register`).
+
+    Raises:
+        ConfigError: `kind` is not one of MODEL_PART_NAMES' kinds.
+    """
+    if kind not in MODEL_PART_NAMES:
+        raise ConfigError(f"unknown model part kind {kind!r}; allowed kinds: {', '.join(MODEL_PART_NAMES)}")
+    if name not in MODEL_PART_NAMES[kind]:
+        MODEL_PART_NAMES[kind].append(name)
+
+
 def _registry(kind: str) -> dict:
-    """Field metadata: the allowed values are the names registered for `kind` in models.registry."""
+    """Field metadata: the allowed values are MODEL_PART_NAMES[kind]."""
     return {"registry": kind}
 
 
@@ -300,8 +332,8 @@ def _set_dotted(target: dict, dotted: str, value: Any) -> None:
 
 
 def _suggest(bad: str, allowed: Sequence[str]) -> str:
-    match = difflib.get_close_matches(str(bad), list(allowed), n=1, cutoff=0.5)
-    return f" — did you mean {match[0]!r}?" if match else ""
+    match = did_you_mean(bad, allowed)
+    return f" — did you mean {match!r}?" if match else ""
 
 
 def _build(cls: type, data: Any, prefix: str):
@@ -331,7 +363,7 @@ def _build(cls: type, data: Any, prefix: str):
     config = cls(**kwargs)
     _check_registry_defaults(config, prefix)
     if cls is LoggingConfig:
-        _check_figure_families(config.figures, f"{prefix}figures")
+        check_figure_families(config.figures, f"{prefix}figures")
     if cls is TrainerConfig and not _DEVICE_PATTERN.match(config.device):
         raise ConfigError(
             f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"
@@ -347,18 +379,38 @@ def _check_registry_defaults(config: Any, prefix: str) -> None:
 
 
 def _registered(kind: str) -> tuple[str, ...]:
-    # Imported here: models import torch, and config must stay importable on its own for the CLI's help.
-    from .models import registry
-
-    return registry.names(kind)
+    return tuple(sorted(MODEL_PART_NAMES[kind]))
 
 
-def _check_figure_families(families: list[str], key: str) -> None:
-    # Imported here, as the registry is: monitoring.names imports neither torch nor matplotlib,
-    # but the monitoring package must not become a dependency of importing the config.
-    from .monitoring.names import check_figure_families
+def check_figure_families(families: Iterable[str], key: str = "logging.figures") -> tuple[str, ...]:
+    """Validate a list of figure-family names.
 
-    check_figure_families(families, key)
+    Args:
+        families: the names a config lists, e.g. ["losses", "recon"]; any of FIGURE_FAMILIES.
+        key: the config key named in error messages.
+
+    Returns:
+        The names as a tuple, in the order given.
+
+    Raises:
+        ConfigError: a name is not a string or not a family (the message names the key, the bad
+            value, the nearest family and the allowed ones), or a name is listed twice.
+    """
+    if isinstance(families, (str, bytes)):
+        raise ConfigError(f"{key}={families!r}: expected a list of family names, e.g. [{families!r}]")
+    allowed = ", ".join(FIGURE_FAMILIES)
+    names: list[str] = []
+    for name in families:
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: {name!r} is not a family name (a string); allowed: {allowed}")
+        if name not in FIGURE_FAMILIES:
+            match = did_you_mean(name, FIGURE_FAMILIES)
+            hint = f" — did you mean {match!r}?" if match else " is not a figure family;"
+            raise ConfigError(f"{key}: {name!r}{hint} allowed: {allowed}")
+        if name in names:
+            raise ConfigError(f"{key}: {name!r} is listed twice; list each family once")
+        names.append(name)
+    return tuple(names)
 
 
 def _check_choice(key: str, value: Any, allowed: Sequence[str]) -> None:

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 
 __all__ = [
     "CORRUPTIONS",
@@ -158,9 +158,7 @@ def corrupt(batch: Batch, name: str, *, generator: torch.Generator, **params) ->
             a parameter the strategy does not take or out of its range, or a batch missing a key.
     """
     if name not in CORRUPTIONS:
-        from ..models.registry import nearest_name
-
-        nearest = nearest_name(str(name), CORRUPTIONS)
+        nearest = did_you_mean(name, CORRUPTIONS)
         hint = f"; did you mean {nearest!r}?" if nearest else ""
         raise DataError(f"unknown corruption {name!r}; allowed: {', '.join(CORRUPTIONS)}{hint}")
     strategy = CORRUPTIONS[name]

@@ -16,9 +16,8 @@ from typing import Any, Iterable
 
 from torch import nn
 
-from thesis_lib.errors import ModelError
+from thesis_lib.errors import ModelError, did_you_mean
 from thesis_lib.models import registry
-from thesis_lib.models.registry import nearest_name
 
 # Part modules: imported for their @register side effect (and re-exported classes).
 from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, adversarial, classifier  # noqa: F401
@@ -105,7 +104,7 @@ def _unknown_submodule_message(model: nn.Module, name: str, modules: dict[str, n
     """Error text for a freeze name that matches no submodule: what exists and what was meant."""
     top = [n for n in modules if "." not in n]
     second = [n for n in modules if n.count(".") == 1]
-    nearest = nearest_name(name, modules)
+    nearest = did_you_mean(name, modules)
     hint = f"; did you mean {nearest!r}?" if nearest else ""
     return (
         f"model.freeze: {name!r} matches no submodule of the {type(model).__name__}; "

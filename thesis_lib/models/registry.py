@@ -2,9 +2,9 @@
 
 A builder is a function `(model_cfg, meta) -> nn.Module`. Parts register themselves with
 `@register(kind, name)` when their module is imported, and `thesis_lib/models/__init__.py`
-imports every part module, so importing `thesis_lib.models` (or `thesis_lib.models.registry`,
-which imports the package first) populates the registry. This module imports neither torch
-nor the config, so the config can validate names against it without an import cycle.
+imports every part module, so importing `thesis_lib.models` populates the registry. The names a
+config may choose are the config's (`thesis_lib.config.MODEL_PART_NAMES`, so it validates without
+importing torch); registering a builder under a name the config does not know yet adds it there.
 
 Kinds and what their builders return:
 
@@ -16,24 +16,18 @@ Kinds and what their builders return:
 
 from __future__ import annotations
 
-import difflib
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable
 
-from thesis_lib.errors import ModelError
+from ..config import MODEL_PART_NAMES, allow_model_part
+from ..errors import ModelError, did_you_mean
 
-__all__ = ["KINDS", "Builder", "register", "names", "get", "nearest_name"]
+__all__ = ["KINDS", "Builder", "register", "names", "get"]
 
-KINDS: tuple[str, ...] = ("encoder", "bottleneck", "decoder", "task")
+KINDS: tuple[str, ...] = tuple(MODEL_PART_NAMES)
 
 Builder = Callable[[Any, Any], Any]
 
 _BUILDERS: dict[str, dict[str, Builder]] = {kind: {} for kind in KINDS}
-
-
-def nearest_name(name: str, candidates: Iterable[str]) -> Optional[str]:
-    """The candidate closest to `name` by difflib's ratio, or None when none is close."""
-    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return matches[0] if matches else None
 
 
 def _builders_of(kind: str) -> dict[str, Builder]:
@@ -69,6 +63,7 @@ def register(kind: str, name: str) -> Callable[[Builder], Builder]:
                 f"{table[name].__qualname__}); pick another name for {builder.__module__}.{builder.__qualname__}"
             )
         table[name] = builder
+        allow_model_part(kind, name)
         return builder
 
     return decorate
@@ -101,6 +96,6 @@ def get(kind: str, name: str) -> Builder:
     if name in table:
         return table[name]
     allowed = names(kind)
-    nearest = nearest_name(str(name), allowed)
+    nearest = did_you_mean(name, allowed)
     hint = f"; did you mean {nearest!r}?" if nearest else ""
     raise ModelError(f"unknown {kind} {name!r}; allowed {kind} names: {', '.join(allowed)}{hint}")
