@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from thesis_lib.data import EventFile, EventLoader, compute_normalization, make_synthetic_events
+from thesis_lib.data import EventFile, EventLoader, make_synthetic_events
+from thesis_lib.data.normalization import compute_normalization
 
 
 class PerSampleH5(Dataset):

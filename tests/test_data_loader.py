@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from thesis_lib.data import DataMeta, EventLoader, Normalization, compute_normalization, make_loaders
+from thesis_lib.data import DataMeta, EventLoader, make_loaders
+from thesis_lib.data.normalization import Normalization, compute_normalization
 from thesis_lib.data import write_events
 from thesis_lib.errors import ConfigError, DataError
 

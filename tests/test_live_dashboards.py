@@ -11,7 +11,9 @@ import pytest
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import ConfigError
 from thesis_lib.facts import load_runs, read_events
-from thesis_lib.live import DashboardWarning, SafeDashboard, TextDashboard, detect_dashboard_kind, make_dashboard
+from thesis_lib.live import DashboardWarning, detect_dashboard_kind, make_dashboard
+from thesis_lib.live.base import SafeDashboard
+from thesis_lib.live.text import TextDashboard
 from thesis_lib.train import train
 
 TINY_MODEL = {"encoder": "mlp", "bottleneck": "vq", "latent_dim": 8, "hidden_dim": 32, "num_layers": 1,

@@ -2,7 +2,8 @@
 
 import pytest
 
-from thesis_lib.live.state import DashboardState, format_duration
+from thesis_lib.durations import format_duration
+from thesis_lib.live.state import DashboardState
 
 
 class FakeClock:

@@ -14,13 +14,13 @@ from thesis_lib.errors import ConfigError, ModelError
 from thesis_lib.models import (
     Autoencoder,
     Classifier,
-    VectorQuantizer,
     build_model,
     count_parameters,
     registry,
 )
 from thesis_lib.models import losses
 from thesis_lib.models.encoders import MLPEncoder, attention_padding_mask
+from thesis_lib.models.vq import VectorQuantizer
 
 META = SimpleNamespace(n_tokens=6, cont_dim=4, globals_dim=3, n_token_types=5, n_classes=3)
 

@@ -10,7 +10,8 @@ from torch import nn
 
 from thesis_lib.data import DataMeta
 from thesis_lib.errors import ModelError
-from thesis_lib.models import Autoencoder, Classifier, CNNEncoder, ResNetEncoder, build_model, registry
+from thesis_lib.models import Autoencoder, Classifier, build_model, registry
+from thesis_lib.models.cnn import CNNEncoder, ResNetEncoder
 from thesis_lib.models.cnn import spectrogram_image, spectrogram_layout
 
 ENCODERS = ("cnn", "resnet")

@@ -13,7 +13,8 @@ from thesis_lib.config import load_config
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.data.normalization import Normalization
 from thesis_lib.errors import ConfigError, ModelError
-from thesis_lib.models import Autoencoder, Classifier, GNNEncoder, build_model, registry
+from thesis_lib.models import Autoencoder, Classifier, build_model, registry
+from thesis_lib.models.gnn import GNNEncoder
 from thesis_lib.models.gnn import default_neighbours, knn_coordinates, knn_indices
 from thesis_lib.train import train
 

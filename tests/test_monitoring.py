@@ -18,7 +18,8 @@ from thesis_lib.config import load_config
 from thesis_lib.data import make_loaders, make_synthetic_events
 from thesis_lib.errors import ConfigError
 from thesis_lib.models import build_model
-from thesis_lib.monitoring import GENERAL_FAMILIES, FigureMonitor, FigureWarning
+from thesis_lib.monitoring import FigureMonitor, FigureWarning
+from thesis_lib.monitoring.names import GENERAL_FAMILIES
 from thesis_lib.monitoring import curves
 from thesis_lib.monitoring.curves import lr_cuts
 from thesis_lib.monitoring.recon import feature_names

@@ -18,14 +18,13 @@ from test_monitoring import assert_png, make_history, make_model
 from thesis_lib.config import load_config
 from thesis_lib.data import make_loaders, make_synthetic_events
 from thesis_lib.errors import ConfigError
-from thesis_lib.monitoring import (
-    FIGURE_FAMILIES,
+from thesis_lib.monitoring import FigureMonitor, FigureWarning
+from thesis_lib.monitoring.names import (
     CURVE_FAMILIES,
+    FIGURE_FAMILIES,
     GENERAL_FAMILIES,
     SNAPSHOT_FAMILIES,
     TASK_FAMILIES,
-    FigureMonitor,
-    FigureWarning,
 )
 from thesis_lib.monitoring.adversarial import BALANCED_BCE, adversarial_figure
 from thesis_lib.monitoring.context import FigureContext

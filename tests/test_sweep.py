@@ -1,7 +1,6 @@
 """Sweeps: expansion and names, real sweeps on a process pool, a Dask LocalCluster and inline
 (failures, re-runs, the notebook driver), sweep.yaml, the CLI command, and bad input."""
 
-import argparse
 import os
 from pathlib import Path
 
@@ -11,18 +10,11 @@ import yaml
 from thesis_lib import load_runs
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import ConfigError
-from thesis_lib.sweep import (
-    InlineExecutor,
-    PointOutcome,
-    PointTask,
-    ProcessExecutor,
-    add_sweep_command,
-    expand_grid,
-    execute_point,
-    point_name,
-    spec_hash,
-    sweep,
-)
+from thesis_lib.cli import main as cli_main
+from thesis_lib.sweep import expand_grid, point_name, sweep
+from thesis_lib.sweep.executors import InlineExecutor, ProcessExecutor
+from thesis_lib.sweep.grid import spec_hash
+from thesis_lib.sweep.point import PointOutcome, PointTask, execute_point
 from thesis_lib.sweep.grid import parse_grid_arg, parse_seeds_arg, resolve_base
 
 
@@ -235,11 +227,8 @@ def test_notebook_point_keeps_the_executed_notebook_in_its_run_dir(tmp_path, dat
 def test_cli_sweep_command_runs_a_sweep(tmp_path, data_path):
     config = tmp_path / "base.yaml"
     config.write_text(yaml.safe_dump(tiny_base(data_path, tmp_path / "outputs")))
-    parser = argparse.ArgumentParser(prog="thesis-lib")
-    add_sweep_command(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["sweep", "--config", str(config), "--grid", "model.latent_dim=4", "--seeds", "1",
-                              "--name", "cli", "trainer.sync_every_n_steps=2"])
-    assert args.func(args) == 0
+    assert cli_main(["sweep", "--config", str(config), "--grid", "model.latent_dim=4", "--seeds", "1",
+                     "--name", "cli", "trainer.sync_every_n_steps=2"]) == 0
     (sweep_dir,) = (tmp_path / "outputs" / "multiruns").iterdir()
     recorded = read_sweep_yaml(sweep_dir)
     assert recorded["name"] == "cli" and recorded["base"]["trainer"]["sync_every_n_steps"] == 2

@@ -13,15 +13,9 @@ import warnings
 
 import pytest
 
-from thesis_lib.telemetry import (
-    NvmlBackend,
-    ScriptedBackend,
-    TelemetrySampler,
-    TelemetryWarning,
-    nvml_indices_for_torch_devices,
-    telemetry_columns,
-    visible_nvml_indices,
-)
+from thesis_lib.telemetry import NvmlBackend, ScriptedBackend, TelemetrySampler, TelemetryWarning
+from thesis_lib.telemetry.backends import nvml_indices_for_torch_devices, visible_nvml_indices
+from thesis_lib.telemetry.records import telemetry_columns
 from thesis_lib.telemetry import backends as backends_module
 
 H100 = {"name": "Scripted H100", "uuid": "GPU-aaaa1111"}
@@ -368,7 +362,7 @@ def test_nvml_backend_falls_back_to_averaged_power_and_memory_v1(monkeypatch):
 def test_process_stats_read_cpu_and_rss():
     import psutil
 
-    from thesis_lib.telemetry import ProcessStats
+    from thesis_lib.telemetry.process import ProcessStats
 
     stats = ProcessStats()
     stats.start()

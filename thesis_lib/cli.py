@@ -15,7 +15,7 @@ DEMO_DATA = "data/events.h5"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import train
+    from .workflow import train
 
     result = train(args.config, args.overrides)
     return 0 if result.status in ("COMPLETED", "STOPPED") else 1
@@ -113,6 +113,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`thesis-lib sweep`; its handler returns 0 when every point succeeded."""
+    from .sweep import EXECUTORS
+    from .sweep.runner import VIAS
+
+    parser = subparsers.add_parser(
+        "sweep",
+        help="train a grid x seeds of runs into one sweep directory (re-running skips completed points)",
+        description="Example: thesis-lib sweep --config base.yaml --grid model.bottleneck=identity,vq "
+                    "--grid model.latent_dim=16,32 --seeds 1,2 --name tokenizers --executor process",
+    )
+    parser.add_argument("--config", help="base YAML config (defaults for what it leaves out)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a swept key and its values, comma-separated (repeatable); a list of lists "
+                             "as one YAML list: 'model.freeze=[[encoder],[]]'")
+    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the config's trainer.seed)")
+    parser.add_argument("--name", default="sweep", help="the sweep's name (in exp_<time>_<name>)")
+    parser.add_argument("--executor", default="inline", choices=EXECUTORS)
+    parser.add_argument("--max-workers", type=int, help="concurrent points (default: one per GPU, or 1)")
+    parser.add_argument("--scheduler", help="Dask scheduler address for --executor dask (default: a LocalCluster)")
+    parser.add_argument("--via", default="function", choices=VIAS,
+                        help="function: call train(); notebook: run notebooks/train.ipynb through papermill")
+    parser.add_argument("--notebook", help="the driver notebook for --via notebook (default: notebooks/train.ipynb)")
+    parser.add_argument("--sweep-dir", help="use this sweep directory (it must hold the same sweep, if any)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. trainer.epochs=5")
+    parser.set_defaults(func=_cmd_sweep)
+    return parser
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+    from .sweep.grid import parse_grid_arg, parse_seeds_arg
+
+    grid = dict(parse_grid_arg(item) for item in args.grid)
+    seeds = parse_seeds_arg(args.seeds) if args.seeds else None
+    result = sweep(args.config, grid, seeds, name=args.name, executor=args.executor, max_workers=args.max_workers,
+                   scheduler=args.scheduler, via=args.via, sweep_dir=args.sweep_dir, overrides=args.overrides,
+                   notebook=args.notebook)
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thesis-lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,10 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_p.set_defaults(func=_cmd_export)
 
     from .reports.sweep_report import add_report_sweep_command
-    from .sweep.runner import add_sweep_command
 
     add_report_sweep_command(report_kinds)
-    add_sweep_command(commands)
+    _add_sweep_command(commands)
     return parser
 
 

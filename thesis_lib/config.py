@@ -31,12 +31,8 @@ __all__ = [
     "ReportConfig",
     "LoggingConfig",
     "load_config",
-    "parse_overrides",
-    "flatten_dict",
     "MODEL_PART_NAMES",
     "FIGURE_FAMILIES",
-    "allow_model_part",
-    "check_figure_families",
 ]
 
 

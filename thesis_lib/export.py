@@ -31,19 +31,26 @@ from torch import nn
 from .version import __version__
 from .errors import ConfigError, ModelError, ThesisLibError
 from .atomic_files import atomic_write_bytes, atomic_write_text
-from .layout import CONFIG_FILE
+from .layout import (
+    CONFIG_FILE,
+    DATA_META_FILE,
+    EXPORT_INFO_FILE,
+    EXPORTS_DIR,
+    MODEL_FILE,
+    MODEL_INFO_FILE,
+    ONNX_EXPORT,
+    STATE_DICT_EXPORT,
+    TORCHSCRIPT_EXPORT,
+)
 from .models import build_model
 
-__all__ = ["EXPORT_FORMATS", "EXPORT_INFO_FILE", "INPUT_NAMES", "ExportWrapper", "export_model"]
+__all__ = ["export_model", "EXPORT_FORMATS"]
 
 log = logging.getLogger(__name__)
 
 EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx")
-EXPORT_FILES = {"state_dict": "model_state_dict.pt", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
-EXPORT_INFO_FILE = "export_info.json"
-EXPORTS_DIR = "exports"
-MODEL_INFO_FILE = "model_info.json"
-REQUIRED_FILES = (CONFIG_FILE, "data_meta.json", "model.pt")
+EXPORT_FILES = {"state_dict": STATE_DICT_EXPORT, "torchscript": TORCHSCRIPT_EXPORT, "onnx": ONNX_EXPORT}
+REQUIRED_FILES = (CONFIG_FILE, DATA_META_FILE, MODEL_FILE)
 INPUT_NAMES: tuple[str, ...] = ("tokens_id", "tokens_cont", "globals")
 BATCH_AXIS = "batch"
 ATOL = 1e-5

@@ -47,7 +47,11 @@ MODEL_INFO_FILE = "model_info.json"
 HISTORY_FILE = "training_history.json"
 FIGURES_DIR = "figures"
 EXPORTS_DIR = "exports"
-EXPORT_INFO_FILE = "export_info.json"  # inside the exports folder (EXPORTS_DIR unless another is given)
+# Inside the exports folder (EXPORTS_DIR unless `thesis-lib export --output-dir` names another).
+EXPORT_INFO_FILE = "export_info.json"
+STATE_DICT_EXPORT = "model_state_dict.pt"
+TORCHSCRIPT_EXPORT = "model.torchscript.pt"
+ONNX_EXPORT = "model.onnx"
 DRIVER_NOTEBOOK = "train.ipynb"
 RUN_REPORT_DIR = "report"
 REPORT_BACKLINKS = "reports.txt"
@@ -78,6 +82,9 @@ RUN_LAYOUT: dict[str, str] = {
     FIGURES_DIR: "training-time figure families (when logging.figures lists any)",
     EXPORTS_DIR: "state_dict, TorchScript and ONNX exports and export_info.json (thesis-lib export)",
     f"{EXPORTS_DIR}/{EXPORT_INFO_FILE}": "what was exported: files, sha256, shapes, max difference from eager",
+    f"{EXPORTS_DIR}/{STATE_DICT_EXPORT}": "the best weights as a plain state_dict",
+    f"{EXPORTS_DIR}/{TORCHSCRIPT_EXPORT}": "the model traced to TorchScript",
+    f"{EXPORTS_DIR}/{ONNX_EXPORT}": "the model as ONNX, dynamic batch axis",
     DRIVER_NOTEBOOK: "the executed driver notebook, when the run went through papermill",
     RUN_REPORT_DIR: "the run report (report.enabled)",
     f"{RUN_REPORT_DIR}/{REPORT_HTML}": "the report as one offline HTML page",
@@ -89,10 +96,12 @@ RUN_LAYOUT: dict[str, str] = {
 
 # --- a sweep directory -----------------------------------------------------------------------------
 SWEEP_FILE = "sweep.yaml"
+SWEEP_NOTEBOOKS_DIR = "notebooks"
 
 SWEEP_LAYOUT: dict[str, str] = {
     SWEEP_FILE: "base config, grid, seeds, executor and each point's state, rewritten as points finish",
     RUNS_DIR: "the sweep's run directories",
+    SWEEP_NOTEBOOKS_DIR: "driver notebooks being executed (via='notebook'); each moves into its run when done",
 }
 
 # --- a sweep report directory ----------------------------------------------------------------------

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from .h5_layout import SPLITS, write_events
+from .h5 import SPLITS, write_events
 from .sensors import SensorRecording, read_sensor_recordings
 
 __all__ = ["SPECTROGRAM_TOKEN_TYPES", "condition_indicators", "prepare_spectrograms"]

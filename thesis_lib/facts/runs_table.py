@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FactsError, NoValidRunsError
-from .reader import _column, _parse_events, _parse_scalars, _with_loss_aliases
-from . import read_config
+from .reader import _column, _parse_events, _parse_scalars, _with_loss_aliases, read_config
 from ..record.schema import BASE_SCALAR_COLUMNS, config_hash
 from ..layout import EVENTS_FILE, SCALARS_FILE
 from .status import run_status

@@ -4,25 +4,8 @@
 `DashboardState` and is wrapped so that its errors never stop training.
 """
 
-from .base import (
-    Dashboard,
-    DashboardWarning,
-    LiveDashboard,
-    SafeDashboard,
-    detect_dashboard_kind,
-    make_dashboard,
-)
-from .state import DashboardState, format_duration
-from .text import TextDashboard
+from .base import Dashboard, DashboardWarning, LiveDashboard
+from .choose import detect_dashboard_kind, make_dashboard
+from .state import DashboardState
 
-__all__ = [
-    "Dashboard",
-    "DashboardWarning",
-    "DashboardState",
-    "LiveDashboard",
-    "SafeDashboard",
-    "TextDashboard",
-    "detect_dashboard_kind",
-    "format_duration",
-    "make_dashboard",
-]
+__all__ = ["Dashboard", "LiveDashboard", "DashboardState", "DashboardWarning", "make_dashboard", "detect_dashboard_kind"]

@@ -12,23 +12,11 @@ import time
 from collections import deque
 from typing import Callable, Deque, Mapping, Optional
 
-__all__ = ["DashboardState", "Point", "format_duration"]
+from ..durations import format_duration
+
+__all__ = ["DashboardState", "Point"]
 
 Point = tuple[float, float]  # (position in epochs, value)
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    """Seconds as "1h02m", "3m05s" or "12s"; "--" when unknown."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "--"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def _finite(value: object) -> Optional[float]:

@@ -12,7 +12,8 @@ import time
 from typing import Callable, Sequence
 
 from .base import LiveDashboard
-from .state import DashboardState, Point, format_duration
+from ..durations import format_duration
+from .state import DashboardState, Point
 from .text import header_text, summary_text
 
 __all__ = ["TerminalDashboard", "bar", "column_graph", "sparkline"]

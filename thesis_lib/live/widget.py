@@ -26,7 +26,7 @@ import time
 from typing import Callable, Optional
 
 from .base import LiveDashboard, ipython_kernel_shell
-from .state import format_duration
+from ..durations import format_duration
 from .text import header_text, loss_chart_svg, small_charts_html, stats_table_html, summary_html, summary_text
 
 __all__ = ["WidgetDashboard", "KernelPoller"]

@@ -23,14 +23,8 @@ from thesis_lib.models import registry
 from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, adversarial, classifier  # noqa: F401
 from thesis_lib.models.adversarial import GANAutoencoder
 from thesis_lib.models.autoencoder import Autoencoder
-from thesis_lib.models.bottlenecks import IdentityBottleneck, LinearBottleneck
 from thesis_lib.models.classifier import Classifier
-from thesis_lib.models.cnn import CNNEncoder, ResNetEncoder
-from thesis_lib.models.decoders import MLPDecoder
 from thesis_lib.models.diffusion import DiffusionAutoencoder
-from thesis_lib.models.encoders import MLPEncoder, TransformerEncoder
-from thesis_lib.models.gnn import GNNEncoder
-from thesis_lib.models.vq import VectorQuantizer
 
 __all__ = [
     "build_model",
@@ -38,18 +32,9 @@ __all__ = [
     "count_parameters",
     "registry",
     "Autoencoder",
+    "Classifier",
     "DiffusionAutoencoder",
     "GANAutoencoder",
-    "Classifier",
-    "MLPEncoder",
-    "TransformerEncoder",
-    "GNNEncoder",
-    "CNNEncoder",
-    "ResNetEncoder",
-    "IdentityBottleneck",
-    "LinearBottleneck",
-    "VectorQuantizer",
-    "MLPDecoder",
 ]
 
 

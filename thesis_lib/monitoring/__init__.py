@@ -9,22 +9,5 @@ families are loaded when a monitor first draws them.
 """
 
 from .monitor import FigureMonitor, FigureWarning
-from .names import (
-    FIGURE_FAMILIES,
-    CURVE_FAMILIES,
-    GENERAL_FAMILIES,
-    SNAPSHOT_FAMILIES,
-    TASK_FAMILIES,
-    check_figure_families,
-)
 
-__all__ = [
-    "FigureMonitor",
-    "FigureWarning",
-    "GENERAL_FAMILIES",
-    "TASK_FAMILIES",
-    "FIGURE_FAMILIES",
-    "CURVE_FAMILIES",
-    "SNAPSHOT_FAMILIES",
-    "check_figure_families",
-]
+__all__ = ["FigureMonitor", "FigureWarning"]

@@ -22,7 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
-from thesis_lib.errors import ConfigError
+from ..errors import ConfigError
+from ..layout import FIGURES_DIR
 
 from .context import FamilySkipped, FigureContext
 from .names import CURVE_FAMILIES, check_figure_families
@@ -87,7 +88,7 @@ class FigureMonitor:
         self.every_n_epochs = every_n_epochs
         self.probe_batch = probe_batch
         self.cont_features = cont_features
-        self.figures_dir = Path(run_dir) / "figures"
+        self.figures_dir = Path(run_dir) / FIGURES_DIR
         self.warnings: list[str] = []
         self.notes: list[str] = []
         self.written: list[Path] = []

@@ -5,26 +5,8 @@ directory layout and re-running, `grid` for the expansion and hashes, `executors
 points run (including dask-jobqueue on HPC).
 """
 
-from .executors import EXECUTORS, DaskExecutor, InlineExecutor, PointOutcome, PointTask, ProcessExecutor, execute_point
-from .grid import SweepPoint, expand_grid, point_config_hash, point_name, spec_hash
-from .runner import SWEEP_FILE, PointResult, SweepResult, add_sweep_command, sweep
+from .executors import EXECUTORS
+from .grid import expand_grid, point_name
+from .runner import PointResult, SweepResult, sweep
 
-__all__ = [
-    "sweep",
-    "SweepResult",
-    "PointResult",
-    "SWEEP_FILE",
-    "add_sweep_command",
-    "expand_grid",
-    "point_name",
-    "point_config_hash",
-    "spec_hash",
-    "SweepPoint",
-    "EXECUTORS",
-    "PointTask",
-    "PointOutcome",
-    "execute_point",
-    "InlineExecutor",
-    "ProcessExecutor",
-    "DaskExecutor",
-]
+__all__ = ["sweep", "SweepResult", "PointResult", "expand_grid", "point_name", "EXECUTORS"]

@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 from ..errors import DataError, FactsError
 from ..facts import read_config, read_events, run_status
-from ..layout import sanitize_run_name
+from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_NOTEBOOKS_DIR, sanitize_run_name
 
 __all__ = ["PointTask", "PointOutcome", "execute_point", "find_new_run_dir"]
 
@@ -71,7 +71,7 @@ def execute_point(task: PointTask) -> PointOutcome:
 
 
 def _run_function(task: PointTask) -> tuple[str, Optional[Path], Optional[str], Optional[str]]:
-    from ..train import train
+    from ..workflow import train
 
     result = train(task.config)
     error = None if result.status in ("COMPLETED", "STOPPED") else f"run ended {result.status}: {result.stop_reason}"
@@ -87,7 +87,7 @@ def _run_notebook(task: PointTask) -> tuple[str, Optional[Path], Optional[str], 
         # The driver would generate synthetic events there; concurrent points would race writing
         # one file, and a sweep should train on the data it names. Fail as train() would.
         raise DataError(f"event file not found: {data_path} (a sweep never generates data)")
-    scratch = Path(task.sweep_dir) / "notebooks"
+    scratch = Path(task.sweep_dir) / SWEEP_NOTEBOOKS_DIR
     scratch.mkdir(parents=True, exist_ok=True)
     executed = scratch / f"{sanitize_run_name(task.name)}_{secrets.token_hex(2)}.ipynb"
     error = None
@@ -112,7 +112,7 @@ def _run_notebook(task: PointTask) -> tuple[str, Optional[Path], Optional[str], 
         kept = f" (executed notebook: {executed})" if executed.is_file() else ""
         return "FAILED", None, (error or "the notebook finished without creating a run directory") + kept, None
     if executed.is_file():
-        shutil.move(str(executed), str(run_dir / "train.ipynb"))
+        shutil.move(str(executed), str(run_dir / DRIVER_NOTEBOOK))
     events = read_events(run_dir)
     start = next((e for e in reversed(events) if e.get("moment") == "on_start"), None)
     status, reason = run_status(events, start)
@@ -126,7 +126,7 @@ def find_new_run_dir(sweep_dir: str | Path, name: str, known_run_ids: Iterable[s
     Run ids hold the point name sanitised and cut to 64 characters, so two points can share an
     id pattern; the run's config.yaml, whose run_name is the point's full name, decides.
     """
-    runs = Path(sweep_dir) / "runs"
+    runs = Path(sweep_dir) / RUNS_DIR
     pattern = re.compile(rf"^run_\d{{8}}-\d{{6}}_{re.escape(sanitize_run_name(name))}_[0-9a-f]{{4}}$")
     known = set(known_run_ids)
     try:

@@ -11,7 +11,6 @@ crashed and interrupted points run again.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as dt
 import os
@@ -26,18 +25,18 @@ import yaml
 
 from ..shipped import shipped_notebook
 from ..config import Config
+from ..durations import format_duration
 from ..errors import ConfigError, FactsError
 from ..facts import read_config, read_events, run_status
-from ..layout import sanitize_run_name
+from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_FILE, SWEEPS_DIR, sanitize_run_name
 from ..atomic_files import atomic_write_text
-from .executors import EXECUTORS, PointOutcome, PointTask, check_executor, make_executor
-from .grid import SweepPoint, expand_grid, parse_grid_arg, parse_seeds_arg, point_config_hash, resolve_base, spec_hash
+from .executors import PointOutcome, PointTask, check_executor, make_executor
+from .grid import SweepPoint, expand_grid, point_config_hash, resolve_base, spec_hash
 
-__all__ = ["sweep", "SweepResult", "PointResult", "add_sweep_command", "SWEEP_FILE"]
+__all__ = ["sweep", "SweepResult", "PointResult", "VIAS"]
 
-SWEEP_FILE = "sweep.yaml"
 VIAS = ("function", "notebook")
-DEFAULT_NOTEBOOK = shipped_notebook("notebooks", "train.ipynb", must_exist=False)
+DEFAULT_NOTEBOOK = shipped_notebook("notebooks", DRIVER_NOTEBOOK, must_exist=False)
 _OK = ("COMPLETED", "STOPPED")
 _EXP_PATTERN = re.compile(r"^exp_\d{8}-\d{6}_(?P<name>.+)$")
 
@@ -197,7 +196,7 @@ def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) ->
 
 def _completed_runs(directory: Path) -> tuple[dict[str, tuple[Path, str]], list[str]]:
     """{point config hash: (run_dir, status)} of runs under the sweep that completed, and all run ids there."""
-    runs_root = directory / "runs"
+    runs_root = directory / RUNS_DIR
     if not runs_root.is_dir():
         return {}, []
     finished: dict[str, tuple[Path, str]] = {}
@@ -228,7 +227,7 @@ def _locate_sweep_dir(sweep_dir, output_root: str, label: str, spec: str) -> Pat
             )
         directory.mkdir(parents=True, exist_ok=True)
         return directory.resolve()
-    multiruns = Path(output_root) / "multiruns"
+    multiruns = Path(output_root) / SWEEPS_DIR
     if multiruns.is_dir():
         candidates = sorted((p for p in multiruns.iterdir() if _exp_name(p) == label), reverse=True)
         for candidate in candidates:
@@ -359,49 +358,5 @@ class _Progress:
         running = min(self.workers, remaining)
         eta = self.seconds / self.finished_now * remaining / max(self.workers, 1)
         print(f"[sweep {self.label}] {self.done}/{self.total} done, {self.failed} failed, {running} running, "
-              f"ETA {_format_duration(eta)} (last: {result.name} {result.status} in {result.duration_s or 0.0:.1f}s)",
+              f"ETA {format_duration(eta)} (last: {result.name} {result.status} in {result.duration_s or 0.0:.1f}s)",
               flush=True)
-
-
-def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-
-
-def add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `thesis-lib sweep` to the CLI's subparsers; its handler returns 0 when every point succeeded."""
-    parser = subparsers.add_parser(
-        "sweep",
-        help="train a grid x seeds of runs into one sweep directory (re-running skips completed points)",
-        description="Example: thesis-lib sweep --config base.yaml --grid model.bottleneck=identity,vq "
-                    "--grid model.latent_dim=16,32 --seeds 1,2 --name tokenizers --executor process",
-    )
-    parser.add_argument("--config", help="base YAML config (defaults for what it leaves out)")
-    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                        help="a swept key and its values, comma-separated (repeatable); a list of lists "
-                             "as one YAML list: 'model.freeze=[[encoder],[]]'")
-    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 1,2,3 (default: the config's trainer.seed)")
-    parser.add_argument("--name", default="sweep", help="the sweep's name (in exp_<time>_<name>)")
-    parser.add_argument("--executor", default="inline", choices=EXECUTORS)
-    parser.add_argument("--max-workers", type=int, help="concurrent points (default: one per GPU, or 1)")
-    parser.add_argument("--scheduler", help="Dask scheduler address for --executor dask (default: a LocalCluster)")
-    parser.add_argument("--via", default="function", choices=VIAS,
-                        help="function: call train(); notebook: run notebooks/train.ipynb through papermill")
-    parser.add_argument("--notebook", help="the driver notebook for --via notebook (default: notebooks/train.ipynb)")
-    parser.add_argument("--sweep-dir", help="use this sweep directory (it must hold the same sweep, if any)")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. trainer.epochs=5")
-    parser.set_defaults(func=_cmd_sweep)
-    return parser
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    grid = dict(parse_grid_arg(item) for item in args.grid)
-    seeds = parse_seeds_arg(args.seeds) if args.seeds else None
-    result = sweep(args.config, grid, seeds, name=args.name, executor=args.executor, max_workers=args.max_workers,
-                   scheduler=args.scheduler, via=args.via, sweep_dir=args.sweep_dir, overrides=args.overrides,
-                   notebook=args.notebook)
-    return 0 if result.ok else 1

@@ -4,28 +4,7 @@
 GPU (CI), running the same sampler code.
 """
 
-from .backends import (
-    GpuBackend,
-    NvmlBackend,
-    ScriptedBackend,
-    ScriptedNVMLError,
-    nvml_indices_for_torch_devices,
-    visible_nvml_indices,
-)
-from .process import ProcessStats
-from .records import telemetry_columns
-from .sampler import MIN_INTERVAL_S, TelemetrySampler, TelemetryWarning
+from .backends import GpuBackend, NvmlBackend, ScriptedBackend
+from .sampler import TelemetrySampler, TelemetryWarning
 
-__all__ = [
-    "TelemetrySampler",
-    "TelemetryWarning",
-    "MIN_INTERVAL_S",
-    "telemetry_columns",
-    "GpuBackend",
-    "NvmlBackend",
-    "ScriptedBackend",
-    "ScriptedNVMLError",
-    "nvml_indices_for_torch_devices",
-    "visible_nvml_indices",
-    "ProcessStats",
-]
+__all__ = ["TelemetrySampler", "TelemetryWarning", "GpuBackend", "NvmlBackend", "ScriptedBackend"]
