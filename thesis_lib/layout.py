@@ -62,6 +62,9 @@ REPORT_HTML = f"{REPORT_STEM}.html"
 REPORT_MARKDOWN = f"{REPORT_STEM}.md"
 TELEMETRY_FIGURE = "telemetry.png"
 CURVES_FIGURE = "curves.png"
+# The executed report notebook keeps its template's name (report_templates/<name>).
+RUN_REPORT_NOTEBOOK = "run_report.ipynb"
+SWEEP_REPORT_NOTEBOOK = "sweep_report.ipynb"
 
 RUN_LAYOUT: dict[str, str] = {
     CONFIG_FILE: "the resolved config that produced the run, exactly",
@@ -91,6 +94,7 @@ RUN_LAYOUT: dict[str, str] = {
     f"{RUN_REPORT_DIR}/{REPORT_MARKDOWN}": "the report as Markdown, figures beside it",
     f"{RUN_REPORT_DIR}/{TELEMETRY_FIGURE}": "the six telemetry panels: loss, LR, VRAM, GPU util, power, temperature",
     f"{RUN_REPORT_DIR}/{CURVES_FIGURE}": "loss and metric curves per epoch",
+    f"{RUN_REPORT_DIR}/{RUN_REPORT_NOTEBOOK}": "the executed report template, outputs and all",
     REPORT_BACKLINKS: "the sweep reports that included this run, one path a line",
 }
 
@@ -122,6 +126,7 @@ REPORT_LAYOUT: dict[str, str] = {
     f"{INFERENCE_DIR}/{FIGURES_DIR}": "error distributions and ROC curves",
     REPORT_HTML: "the executed sweep report as one offline HTML page",
     REPORT_MARKDOWN: "the executed sweep report as Markdown",
+    SWEEP_REPORT_NOTEBOOK: "the executed report template, outputs and all",
 }
 
 _MAX_NAME_CHARS = 64
