@@ -237,3 +237,9 @@ def test_figures_are_written_from_a_result_and_from_its_json(runs, tmp_path):
     assert plot_auroc_comparison(summary, tmp_path / "auroc.png").stat().st_size > 0
     with pytest.raises(ConfigError, match="unknown inference figures \\['roc'\\]"):
         plot_inference_figures(result, tmp_path, which=["roc"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_a_cuda_device_without_a_gpu_names_the_inference_device_key(runs):
+    with pytest.raises(ConfigError, match=r"inference device='cuda' but no CUDA device is visible; use 'auto' or 'cpu'"):
+        run_inference(runs["ae"], device="cuda")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -10,20 +11,21 @@ import pandas as pd
 import pytest
 
 from thesis_lib.config import Config
-from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import FactsError, ReportError
 from thesis_lib.record.writer import RunWriter
 from thesis_lib.record.schema import scalar_columns
 from thesis_lib.reports import (
-    SECTIONS,
     curves_figure,
-    find,
+    escape_markdown,
     load_run_report,
     plot_telemetry,
     telemetry_figure,
     write_run_report_markdown,
 )
-from thesis_lib.train import train
+from thesis_lib.reports.findings import find
+from thesis_lib.reports.template_exec import RUN_REPORT_TEMPLATE, template_sections
+
+pytest_plugins = ("report_fixtures",)
 
 COLUMNS = scalar_columns(["loss", "loss_recon", "metric_accuracy"])
 RUN_ID = "run_20260101-000000_fixture_abcd"
@@ -140,6 +142,14 @@ def test_configuration_snapshot_and_log_tail(tmp_path):
     assert "The last 30 lines of `logs/stdout.log`" in report.section("log")
     with pytest.raises(ReportError, match="unknown run-report section 'nope'.*known: title, summary"):
         report.section("nope")
+
+
+def test_a_section_reads_the_same_alone_and_in_the_whole_report(tmp_path):
+    report = load_run_report(write_run(tmp_path))
+    images = {"telemetry": "telemetry.png", "curves": "curves.png"}
+    names = template_sections(RUN_REPORT_TEMPLATE)
+    assert names == ["title", "summary", "metrics", "configuration", "curves", "telemetry", "findings", "test", "log"]
+    assert report.to_markdown(images) == "\n".join(report.section(name, images) for name in names)
 
 
 def test_two_gpus_sum_power_and_take_the_highest_memory(tmp_path):
@@ -316,29 +326,65 @@ def test_find_is_deterministic(tmp_path):
 # -- a real run ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
-    events = make_synthetic_events(root / "events.h5", n_events=800, seed=0, n_tokens=8)
-    result = train({
-        "output_root": str(root / "outputs"), "run_name": "report",
-        "data": {"path": str(events), "batch_size": 128},
-        "model": {"encoder": "mlp", "bottleneck": "vq", "latent_dim": 8, "hidden_dim": 32, "num_layers": 1,
-                  "token_embed_dim": 4, "vq": {"codebook_size": 16, "code_dim": 4}},
-        "trainer": {"epochs": 2, "seed": 1, "sync_every_n_steps": 1},
-        "telemetry": {"enabled": False}, "report": {"enabled": False},
-    })
-    return Path(result.run_dir)
-
-
-def test_markdown_report_of_a_real_cpu_run(real_run, tmp_path):
-    paths = write_run_report_markdown(real_run, tmp_path / "report")
+def test_markdown_report_of_a_real_cpu_run(autoencoder_run, tmp_path):
+    paths = write_run_report_markdown(autoencoder_run, tmp_path / "report")
     assert set(paths) == {"markdown", "telemetry", "curves"} and all(p.is_file() for p in paths.values())
     markdown = paths["markdown"].read_text()
     assert "![Telemetry](telemetry.png)" in markdown and "![Training curves](curves.png)" in markdown
     assert "- **Status:** COMPLETED (max_epochs)" in markdown and "No GPU telemetry:" in markdown
-    report = load_run_report(real_run)
+    report = load_run_report(autoencoder_run)
     assert markdown == report.to_markdown({"telemetry": "telemetry.png", "curves": "curves.png"})
     assert len(report.steps_table) > 2  # sync points every step: the loss panel's raw line
     assert report.metrics.samples == 2 * 560 and report.epochs_completed == 2
-    assert [s.split(":")[0] for s in SECTIONS] == list(SECTIONS)
+
+
+# -- escaping ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("<script>alert(1)</script>", "&lt;script>alert(1)&lt;/script>"),
+    ("**x**|y", r"\*\*x\*\*\|y"),
+    ("[link](http://x) `code` ~~gone~~", r"\[link\](http://x) \`code\` \~\~gone\~\~"),
+    ("_emph_ but max_epochs", r"\_emph\_ but max_epochs"),  # "_" inside a word never emphasises
+    ("&amp; & b", "&amp;amp; & b"),
+    ("# not a heading", r"\# not a heading"),
+    ("1. not a list", r"1\. not a list"),
+    ("two\nlines", "two lines"),
+    ("C:\\runs", r"C:\\runs"),
+    (None, "n/a"),
+    (0.001, "0.001"),
+])
+def test_escape_markdown(value, expected):
+    assert escape_markdown(value) == expected
+
+
+def test_escape_markdown_code_spans_and_blocks_outlast_backticks():
+    assert escape_markdown("a``b", code=True) == "```a``b```"
+    assert escape_markdown("`x", code=True) == "`` `x ``"
+    assert escape_markdown("one\n```\ntwo", code="text") == "````text\none\n```\ntwo\n````"
+
+
+HOSTILE = "<script>alert(1)</script>**x**|y"
+
+
+def test_hostile_strings_from_every_field_of_a_run_render_as_text(tmp_path):
+    """Every string a run provides, in every section: nothing of it becomes markup outside code blocks."""
+    error = {"error_type": "RuntimeError", "message": HOSTILE, "traceback": f"File x\nRuntimeError: {HOSTILE}"}
+    payload = {**PAYLOAD, "backend": HOSTILE, "power_field": HOSTILE, "energy_method": HOSTILE, "warning": HOSTILE,
+               "devices": [{"index": 0, "name": HOSTILE}]}
+    config = {section: {key: HOSTILE for key in keys} for section, keys in {
+        "model": ("task", "encoder", "bottleneck", "decoder"), "trainer": ("precision", "device"),
+        "optim": ("name", "scheduler"), "data": ("path", "loader")}.items()}
+    run_dir = write_run(tmp_path, status="FAILED", stop_reason=HOSTILE, exception=error, payload=payload,
+                        config=config, device=f"cuda:0 {HOSTILE}")
+    with open(run_dir / "logs" / "stdout.log", "a") as log:
+        log.write(HOSTILE + "\n")
+    report = load_run_report(run_dir)
+    report.test_metrics = {HOSTILE: 1.0}
+    report.confusion = {"matrix": [[1, 0], [0, 1]], "class_names": [HOSTILE, "b"]}
+    markdown = report.to_markdown({"telemetry": "telemetry.png", "curves": "curves.png"})
+    outside_code = re.sub(r"(`{3,})[a-z]*\n.*?\n\1", "", markdown, flags=re.S)
+    assert outside_code.count(r"&lt;script>alert(1)&lt;/script>\*\*x\*\*\|y") >= 15
+    assert "<script" not in outside_code and not re.search(r"(?<!\\)\*\*x", outside_code)
+    assert not re.search(r"(?<!\\)\|y", outside_code)
+    assert HOSTILE in markdown  # the log tail and config.yaml keep the text verbatim, inside code blocks

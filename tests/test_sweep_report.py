@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import json
 import math
 import os
@@ -27,13 +24,10 @@ from thesis_lib.layout import create_run_dir
 from thesis_lib.reports.analyses import ANALYSES, get_analysis
 from thesis_lib.reports.analyses.compare_tokenizers import compression_bits, time_to_threshold
 from thesis_lib.reports.sweep_plots import pareto_front
-from thesis_lib.reports.sweep_report import (
-    BACKLINK_FILE,
-    add_report_sweep_command,
-    build_sweep_report,
-    render_sweep_report,
-)
-from thesis_lib.train import train
+from thesis_lib.cli import main as cli_main
+from thesis_lib.layout import REPORT_BACKLINKS as BACKLINK_FILE
+from thesis_lib.reports.sweep_report import build_sweep_report, render_sweep_report
+pytest_plugins = ("report_fixtures",)
 
 TINY_MODEL = {"latent_dim": 8, "hidden_dim": 32, "num_layers": 1, "token_embed_dim": 4,
               "vq": {"codebook_size": 16, "code_dim": 4}}
@@ -42,18 +36,15 @@ POINTS = [("identity", 0.1, 1), ("identity", 0.1, 2), ("vq", 0.1, 1), ("vq", 0.1
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, tiny_trainer):
     """Six real two-epoch runs under <root>/multiruns/exp_test; returns the sweep folder."""
     root = tmp_path_factory.mktemp("outputs")
     data = root / "events.h5"
     make_synthetic_events(data, n_events=600, seed=0, n_tokens=8)
     sweep_dir = root / "multiruns" / "exp_test"
     for bottleneck, beta, seed in POINTS:
-        with contextlib.redirect_stdout(io.StringIO()):
-            train({"output_root": str(sweep_dir), "run_name": f"{bottleneck}_{beta}_{seed}",
-                   "data": {"path": str(data), "batch_size": 128},
-                   "model": {**TINY_MODEL, "bottleneck": bottleneck, "globals_beta": beta},
-                   "trainer": {"epochs": 2, "seed": seed}, "report": {"enabled": False}, "telemetry": {"enabled": False}})
+        tiny_trainer(root, data, f"{bottleneck}_{beta}_{seed}", output_root=sweep_dir,
+                   model={**TINY_MODEL, "bottleneck": bottleneck, "globals_beta": beta}, trainer={"seed": seed})
     return sweep_dir
 
 
@@ -309,12 +300,9 @@ def test_inference_section_records_a_checkpoint_that_will_not_load(sweep, tmp_pa
 
 
 def test_cli_report_sweep_writes_the_layout(sweep, tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="thesis-lib report")
-    add_report_sweep_command(parser.add_subparsers(dest="report_command"))
-    args = parser.parse_args(["sweep", str(sweep), "--analysis", "compare_tokenizers", "--select", "tokenizer=vq",
-                              "--select", "model.globals_beta=0.1", "--threshold", "val_mse=2.0",
-                              "--which-figures", "time_to_threshold", "--output-dir", str(tmp_path / "cli"), "--no-notebook"])
-    assert args.func(args) == 0
+    assert cli_main(["report", "sweep", str(sweep), "--analysis", "compare_tokenizers", "--select", "tokenizer=vq",
+                     "--select", "model.globals_beta=0.1", "--threshold", "val_mse=2.0",
+                     "--which-figures", "time_to_threshold", "--output-dir", str(tmp_path / "cli"), "--no-notebook"]) == 0
     assert f"sweep report (2 runs): {tmp_path / 'cli'}" in capsys.readouterr().out
     summary = json.loads((tmp_path / "cli" / "training" / "summary.json").read_text())
     assert summary["select"] == {"tokenizer": ["vq"], "model.globals_beta": ["0.1"]}
@@ -323,13 +311,16 @@ def test_cli_report_sweep_writes_the_layout(sweep, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_render_sweep_report_executes_the_template(sweep, tmp_path):
-    paths = render_sweep_report(sweep_dir=sweep, analysis="generic", select={"tokenizer": "identity"},
-                                output_dir=tmp_path / "rendered")
-    assert paths["report_dir"] == tmp_path / "rendered"
+def test_the_sweep_template_renders_two_runs(report_sweep, tmp_path):
+    paths = render_sweep_report(sweep_dir=report_sweep, analysis="generic", output_dir=tmp_path / "rendered")
+    assert paths["report_dir"] == tmp_path / "rendered" and paths["manifest"].is_file()
     html = paths["html"].read_text()
-    assert html.count("data:image/png;base64") >= 4 and "Seed aggregation" not in html.split("<body")[0]
+    assert html.count("data:image/png;base64") >= 4 and not re.findall(r'<img[^>]*src="(?!data:)', html)
+    assert "build_sweep_report" not in html  # code hidden
     markdown = paths["markdown"].read_text()
     assert "# Sweep report: `generic`" in markdown and "**2 runs** analysed" in markdown
     assert "![val_curves](training/figures/figure-val_curves.png)" in markdown
-    assert (tmp_path / "rendered" / "sweep_report.ipynb").is_file() and paths["manifest"].is_file()
+    assert [line for line in markdown.splitlines() if line.startswith("## ")] == [
+        "## Runs", "## Figures (generic)", "## Tables", "## Summary and notes", "## Inference"]
+    runs_table = markdown.split("## Runs", 1)[1].split("## Figures", 1)[0]
+    assert runs_table.count("| COMPLETED |") == 2  # one Markdown row per run, escaped like every run value

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
-from .errors import ThesisLibError
+from .errors import ConfigError, ThesisLibError
+from .layout import REPORTS_DIR, SWEEPS_DIR
 
 __all__ = ["main"]
 
@@ -154,6 +155,74 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _add_report_sweep_command(report_subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `sweep` to the `thesis-lib report` subcommands; the parser's `func` runs it and returns an exit code.
+
+    `thesis-lib report sweep <sweep_dir> [--run-dirs ...] --analysis compare_tokenizers
+    [--select key=v1,v2 ...] [--threshold val_mse=0.1 ...] [--which-figures a,b] [--inference
+    --inference-batch-size N --inference-split test --max-samples N --persist-raw-scores]
+    [--output-dir DIR] [--name NAME] [--no-notebook]`
+    """
+    from .reports.sweep_report import DEFAULT_INFERENCE
+
+    parser = report_subparsers.add_parser("sweep", help="compare the runs of a sweep (or listed runs) in one report")
+    parser.add_argument("sweep_dir", nargs="?", help=f"the sweep folder, e.g. outputs/{SWEEPS_DIR}/exp_...")
+    parser.add_argument("--run-dirs", nargs="+", help="run folders or globs (instead of or besides sweep_dir)")
+    parser.add_argument("--analysis", default="generic", help="generic | compare_tokenizers | compare_globals_heads")
+    parser.add_argument("--select", action="append", default=[], metavar="KEY=V1,V2",
+                        help="keep runs whose runs_df column KEY is one of the values (repeatable)")
+    parser.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
+                        help="analysis threshold, e.g. val_mse=0.1 (repeatable)")
+    parser.add_argument("--which-figures", help="comma-separated figure names (default: all)")
+    parser.add_argument("--inference", action="store_true", help="also evaluate each run's model.pt (AUROC, errors)")
+    parser.add_argument("--inference-batch-size", type=int, default=DEFAULT_INFERENCE["batch_size"])
+    parser.add_argument("--inference-split", default=DEFAULT_INFERENCE["dataset_split"],
+                        choices=("test", "val", "train"))
+    parser.add_argument("--max-samples", type=int, default=0, help="events evaluated per run (0: all)")
+    parser.add_argument("--no-autocast", action="store_true", help="evaluate in fp32 on the GPU")
+    parser.add_argument("--persist-raw-scores", action="store_true", help="save per-event scores as CSV tables")
+    parser.add_argument("--output-dir", help=f"the report directory (default: <output_root>/{REPORTS_DIR}/report_<ts>_<name>)")
+    parser.add_argument("--name", help="report name (default: the analysis name)")
+    parser.add_argument("--no-notebook", action="store_true",
+                        help="write the layout only, without executing the notebook (no report.html / report.md)")
+    parser.set_defaults(func=_cmd_report_sweep)
+    return parser
+
+
+def _cmd_report_sweep(args: argparse.Namespace) -> int:
+    """Run `thesis-lib report sweep`; prints where the report went."""
+    from .reports import build_sweep_report, render_sweep_report
+
+    kwargs = dict(
+        sweep_dir=args.sweep_dir, run_dirs=args.run_dirs, analysis=args.analysis,
+        select={k: v.split(",") for k, v in _pairs(args.select, "--select")} or None,
+        thresholds={k: float(v) for k, v in _pairs(args.threshold, "--threshold")} or None,
+        which_figures=args.which_figures.split(",") if args.which_figures else None,
+        inference={"enabled": args.inference, "batch_size": args.inference_batch_size, "autocast": not args.no_autocast,
+                   "dataset_split": args.inference_split, "max_samples": args.max_samples,
+                   "persist_raw_scores": args.persist_raw_scores},
+        output_dir=args.output_dir, name=args.name,
+    )
+    if args.no_notebook:
+        report = build_sweep_report(**kwargs)
+        print(f"sweep report ({len(report.runs_df)} runs): {report.report_dir}")
+    else:
+        paths = render_sweep_report(**kwargs)
+        print(f"sweep report: {paths['report_dir']}\n  html: {paths['html']}\n  markdown: {paths['markdown']}")
+    return 0
+
+
+def _pairs(items: Iterable[str], option: str) -> list[tuple[str, str]]:
+    """KEY=VALUE strings split once; ConfigError naming the option for one without '='."""
+    pairs = []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{option} {item!r} is not KEY=VALUE (e.g. {option} model.latent_dim=16,32)")
+        key, value = item.split("=", 1)
+        pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thesis-lib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -225,9 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_p.add_argument("--opset", type=int, help="ONNX opset version (default: torch's own)")
     export_p.set_defaults(func=_cmd_export)
 
-    from .reports.sweep_report import add_report_sweep_command
-
-    add_report_sweep_command(report_kinds)
+    _add_report_sweep_command(report_kinds)
     _add_sweep_command(commands)
     return parser
 

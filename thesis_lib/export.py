@@ -172,8 +172,8 @@ def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any
                          f"from {', '.join(REQUIRED_FILES)} (a run that failed before its first validation has no model.pt)")
     if "onnx" in wanted:
         _require_onnx()
-    # Imported here: the reports package pulls in sklearn and pandas, which `import thesis_lib` avoids.
-    from .reports.inference import load_run_model
+    # Imported here: the model registry and the facts readers (pandas) load only when a model is exported.
+    from .facts.run_model import load_run_model
 
     try:
         return load_run_model(run_dir, device="cpu")

@@ -9,7 +9,7 @@ so a run killed mid-save still leaves the previous complete PNG.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -46,8 +46,14 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI) -> Path:
+def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI, **savefig_kwargs: Any) -> Path:
     """Write `fig` as a PNG at `path` atomically (temporary file, then rename); creates the folder.
+
+    Args:
+        fig: the figure.
+        path: the PNG to write.
+        dpi: its resolution.
+        **savefig_kwargs: passed on to `Figure.savefig` (e.g. `bbox_inches="tight"`).
 
     Returns:
         The path written.
@@ -55,7 +61,7 @@ def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path) as handle:
-        fig.savefig(handle, format="png", dpi=dpi)
+        fig.savefig(handle, format="png", dpi=dpi, **savefig_kwargs)
     return path
 
 

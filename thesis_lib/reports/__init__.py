@@ -1,45 +1,40 @@
 """Reports: a run's facts turned into report.md, report.html, telemetry.png and a written analysis.
 
-`load_run_report(run_dir)` gathers the facts into a `RunReport` (sections as data, findings
-included); `render_run_report(run_dir)` executes `report_templates/run_report.ipynb` with
-papermill and exports it with nbconvert; `write_run_report_markdown(run_dir)` writes the same
-report.md without a notebook, for machines without papermill/nbconvert. Sweeps:
-`build_sweep_report` (analyses registered in `reports.analyses`, optional inference with AUROC)
-writes the report layout; `render_sweep_report` also executes `report_templates/sweep_report.ipynb`.
+`load_run_report(run_dir)` gathers the facts into a `RunReport` (numbers, tables and findings as
+data); `report_templates/run_report.ipynb` lays them out as the report. `render_run_report(run_dir)`
+executes that template with papermill and exports it with nbconvert; `write_run_report_markdown`
+runs the same cells in this process and writes report.md, for machines without papermill/nbconvert.
+Sweeps: `build_sweep_report` (analyses registered in `reports.analyses`, optional inference with
+AUROC) writes the report layout; `render_sweep_report` also executes `report_templates/sweep_report.ipynb`.
+Every value a run provides reaches a report through `escape_markdown`.
 """
 
-from .findings import Finding, find
-from .render import RUN_REPORT_TEMPLATE, export_notebook, render_notebook, render_run_report, write_run_report_markdown
-from .run_metrics import KeyMetrics, TelemetrySummary
-from .run_report import ConfigSnapshot, RunReport, load_run_report
-from .inference import InferenceResult, load_run_model, run_inference
-from .sections import SECTIONS
+from ..facts.run_model import load_run_model
+from .findings import Finding
+from .inference import InferenceResult, run_inference
+from .markdown import escape_markdown
+from .render import render_run_report, write_run_report_markdown
+from .report_data import RunReport
+from .run_report import load_run_report
 from .sweep_report import SweepReport, build_sweep_report, render_sweep_report
 from .telemetry_plot import curves_figure, plot_curves, plot_telemetry, telemetry_figure, write_report_figures
 
 __all__ = [
     "load_run_report",
     "RunReport",
-    "KeyMetrics",
-    "ConfigSnapshot",
-    "TelemetrySummary",
-    "SECTIONS",
     "Finding",
-    "find",
+    "render_run_report",
+    "write_run_report_markdown",
+    "write_report_figures",
     "telemetry_figure",
     "curves_figure",
     "plot_telemetry",
     "plot_curves",
-    "write_report_figures",
-    "render_notebook",
-    "export_notebook",
-    "render_run_report",
-    "write_run_report_markdown",
-    "RUN_REPORT_TEMPLATE",
+    "escape_markdown",
     "build_sweep_report",
     "render_sweep_report",
     "SweepReport",
     "run_inference",
-    "load_run_model",
     "InferenceResult",
+    "load_run_model",
 ]

@@ -3,19 +3,21 @@
 The seed asked an LLM to comment on a run; here each finding is a rule over the per-epoch table
 and the key metrics, and each cites the numbers it rests on (`evidence`), so a reader can check
 it against scalars.csv, telemetry.csv or events.jsonl. The thresholds are module constants.
+Titles, texts and evidence are plain text (the template escapes them), never Markdown.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from pathlib import PurePosixPath
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # run_report imports this module; the type is only needed for annotations
-    from .run_report import RunReport
+from ..layout import EVENTS_FILE, SCALARS_FILE, TELEMETRY_FILE
+from .report_data import RunReport
 
 __all__ = [
     "Finding",
@@ -35,6 +37,8 @@ PLATEAU_MIN_EPOCHS = 3
 OVERFIT_EPOCHS = 2  # consecutive epochs of val rising while train falls
 INPUT_BOUND_FRAC = 0.3  # mean share of step time spent waiting for data
 GPU_UNDERUSED_PCT = 50.0
+# Evidence cites the facts files by their short names ("scalars.csv").
+_EVENTS, _SCALARS, _TELEMETRY = (PurePosixPath(path).name for path in (EVENTS_FILE, SCALARS_FILE, TELEMETRY_FILE))
 
 
 @dataclass
@@ -57,7 +61,7 @@ class Finding:
     level: str = "info"
 
 
-def find(report: "RunReport") -> list[Finding]:
+def find(report: RunReport) -> list[Finding]:
     """Every finding the run's facts support, most important first (why it stopped, then training, then resources).
 
     Args:
@@ -70,7 +74,7 @@ def find(report: "RunReport") -> list[Finding]:
     return [finding for rule in rules for finding in rule(report)]
 
 
-def _stop(report: "RunReport") -> list[Finding]:
+def _stop(report: RunReport) -> list[Finding]:
     """Why the run ended: the epoch limit, early stopping, the user, a NaN, an exception, or a crash."""
     cfg, done = report.config, report.epochs_completed
     planned = f"{done} of {cfg.epochs}" if cfg.epochs is not None else str(done)
@@ -79,8 +83,8 @@ def _stop(report: "RunReport") -> list[Finding]:
         return []
     if report.status == "CRASHED":
         text = (f"The run has no end event: {reason}. Its facts up to the last written epoch ({_last_epoch(report)}) "
-                "are intact; `trainer.resume_from` continues it from last.pt.")
-        evidence = f"events.jsonl: no on_train_end after on_start; {done} epochs in scalars.csv"
+                "are intact; trainer.resume_from continues it from last.pt.")
+        evidence = f"{_EVENTS}: no on_train_end after on_start; {done} epochs in {_SCALARS}"
         return [Finding("Crashed", text, evidence, "failure", "warning")]
     if reason == "non_finite_loss":
         return [_non_finite(report)]
@@ -100,7 +104,7 @@ def _stop(report: "RunReport") -> list[Finding]:
     if reason == "interrupted":
         return [Finding("Interrupted", f"Stopped by the user (KeyboardInterrupt) after {planned} epochs; facts and "
                         "checkpoints up to the last finished epoch were written.", f"stop_reason = interrupted; "
-                        f"last epoch in scalars.csv: {_last_epoch(report)}", "stop")]
+                        f"last epoch in {_SCALARS}: {_last_epoch(report)}", "stop")]
     if reason == "max_epochs":
         return [Finding("Reached the epoch limit", f"All {planned} epochs ran (trainer.epochs = {cfg.epochs}).",
                         f"stop_reason = max_epochs; epochs completed = {done}", "stop")]
@@ -108,7 +112,7 @@ def _stop(report: "RunReport") -> list[Finding]:
                     f"after {planned} epochs.", f"on_train_end: status {report.status}, stop_reason {reason!r}", "stop")]
 
 
-def _non_finite(report: "RunReport") -> Finding:
+def _non_finite(report: RunReport) -> Finding:
     """The NaN/inf finding: the message, the last finite losses and how the gradient norm moved."""
     message = (report.exception or {}).get("message") or "the loss became NaN or infinite"
     train, val = _series(report.epochs, "train_loss"), _series(report.epochs, "val_loss")
@@ -128,7 +132,7 @@ def _non_finite(report: "RunReport") -> Finding:
                    "failure", "warning")
 
 
-def _convergence(report: "RunReport") -> list[Finding]:
+def _convergence(report: RunReport) -> list[Finding]:
     """Whether the best validation loss still moved over the last CONVERGENCE_WINDOW epochs."""
     best = _series(report.epochs, "val_loss").cummin()
     if len(best) <= CONVERGENCE_WINDOW:
@@ -144,7 +148,7 @@ def _convergence(report: "RunReport") -> list[Finding]:
                     "epochs; more epochs would likely lower it further.", evidence, "convergence")]
 
 
-def _overfitting(report: "RunReport") -> list[Finding]:
+def _overfitting(report: RunReport) -> list[Finding]:
     """The first epoch after which val loss rises while train loss falls for OVERFIT_EPOCHS epochs, if the gap grew."""
     if not {"train_loss", "val_loss"} <= set(report.epochs.columns):
         return []
@@ -165,12 +169,12 @@ def _overfitting(report: "RunReport") -> list[Finding]:
                 f"from {_n(gap_start)} (epoch {epochs[i]}) to {_n(gap_end)} (epoch {epochs[-1]}). model.pt keeps the "
                 f"best epoch's weights (epoch {report.metrics.best_epoch}).",
                 f"val loss {_n(val[i])} -> {_n(val[k])} and train loss {_n(train[i])} -> {_n(train[k])} over epochs "
-                f"{epochs[i]}-{epochs[k]} (scalars.csv)",
+                f"{epochs[i]}-{epochs[k]} ({_SCALARS})",
                 "overfitting", "warning")]
     return []
 
 
-def _plateaus(report: "RunReport") -> list[Finding]:
+def _plateaus(report: RunReport) -> list[Finding]:
     """Mid-run stretches of >= PLATEAU_MIN_EPOCHS epochs where the best val loss moved < PLATEAU_REL_CHANGE."""
     best = _series(report.epochs, "val_loss").cummin()
     epochs, values = best.index.to_list(), best.to_numpy()
@@ -196,7 +200,7 @@ def _plateaus(report: "RunReport") -> list[Finding]:
     return [Finding("Plateau" if len(parts) == 1 else "Plateaus", text, "; ".join(evidence), "plateau")]
 
 
-def _lr_cuts(report: "RunReport") -> list[Finding]:
+def _lr_cuts(report: RunReport) -> list[Finding]:
     """Each learning-rate drop and how much the best val loss improved between it and the next cut (or the end)."""
     cuts = _cuts(report)
     if not cuts:
@@ -216,10 +220,10 @@ def _lr_cuts(report: "RunReport") -> list[Finding]:
     scheduler = report.config.scheduler
     title = "Learning-rate cut" if len(cuts) == 1 else f"{len(cuts)} learning-rate cuts"
     return [Finding(title, f"The learning rate was cut {_times(len(cuts))} (optim.scheduler = {scheduler}): "
-                    + "; ".join(parts) + ".", "; ".join(evidence) + " (scalars.csv lr)", "lr_cut")]
+                    + "; ".join(parts) + ".", "; ".join(evidence) + f" ({_SCALARS} lr)", "lr_cut")]
 
 
-def _input_bound(report: "RunReport") -> list[Finding]:
+def _input_bound(report: RunReport) -> list[Finding]:
     """The training step waited for data more than INPUT_BOUND_FRAC of the time."""
     wait = _series(report.epochs, "data_wait_frac")
     if not len(wait) or wait.mean() <= INPUT_BOUND_FRAC:
@@ -229,10 +233,10 @@ def _input_bound(report: "RunReport") -> list[Finding]:
                     f"{cfg.data_loader}, data.num_workers = {cfg.num_workers}): a faster input pipeline (the in-memory "
                     "loader, more workers, larger read blocks) would speed training up more than a faster model.",
                     f"data_wait_frac mean {wait.mean():.3f} over {len(wait)} epochs, highest {wait.max():.3f} "
-                    f"(epoch {wait.idxmax()}) (scalars.csv)", "input_bound", "warning")]
+                    f"(epoch {wait.idxmax()}) ({_SCALARS})", "input_bound", "warning")]
 
 
-def _gpu_underused(report: "RunReport") -> list[Finding]:
+def _gpu_underused(report: RunReport) -> list[Finding]:
     """Average GPU utilisation below GPU_UNDERUSED_PCT."""
     util = report.metrics.gpu_util_avg
     if util is None or util >= GPU_UNDERUSED_PCT:
@@ -246,12 +250,12 @@ def _gpu_underused(report: "RunReport") -> list[Finding]:
     table = report.telemetry_table
     per_gpu = [f"GPU {i}: {pd.to_numeric(table[f'gpu{i}_util_pct'], errors='coerce').mean():.1f} %"
                for i in report.gpu_devices() if f"gpu{i}_util_pct" in table.columns]
-    source = f"telemetry.csv, {report.telemetry.samples} samples; " + ", ".join(per_gpu) if per_gpu else "sampler summary"
+    source = f"{_TELEMETRY}, {report.telemetry.samples} samples; " + ", ".join(per_gpu) if per_gpu else "sampler summary"
     text = f"The GPU was busy {util:.1f} % of the time on average (< {GPU_UNDERUSED_PCT:.0f} %); {why}."
     return [Finding("GPU under-used", text, f"GPU utilisation mean {util:.1f} % ({source})", "gpu_underused", "warning")]
 
 
-def _energy(report: "RunReport") -> list[Finding]:
+def _energy(report: RunReport) -> list[Finding]:
     """Energy of the run, per training sample."""
     m = report.metrics
     if m.energy_j is None:
@@ -266,7 +270,7 @@ def _energy(report: "RunReport") -> list[Finding]:
     return [Finding("Energy per sample", text + ".", evidence, "energy")]
 
 
-def _cuts(report: "RunReport") -> list[tuple[int, int, float, float]]:
+def _cuts(report: RunReport) -> list[tuple[int, int, float, float]]:
     """(previous epoch, epoch, lr before, lr from this epoch on) for every epoch whose lr is below the previous one's."""
     lr = _series(report.epochs, "lr")
     return [(int(lr.index[i - 1]), int(lr.index[i]), float(lr.iloc[i - 1]), float(lr.iloc[i]))
@@ -287,7 +291,7 @@ def _relative_drop(before: float, after: float) -> float:
     return (before - after) / scale
 
 
-def _last_epoch(report: "RunReport") -> Optional[int]:
+def _last_epoch(report: RunReport) -> Optional[int]:
     """The last epoch in the per-epoch table, or None."""
     return int(report.epochs.index.max()) if len(report.epochs.index) else None
 

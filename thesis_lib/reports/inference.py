@@ -32,16 +32,16 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from ..config import Config, load_config
+from ..config import Config
 from ..data.corruption import CORRUPTIONS, corrupt
 from ..data.h5 import SPLITS, EventFile
 from ..data.loader import DataMeta, EventLoader
 from ..data.synthetic import ANOMALY_PROCESS
+from ..devices import resolve_device
 from ..errors import ConfigError, DataError, ReportError, ThesisLibError
-from ..facts import read_config
-from ..layout import ENV_FILE
+from ..facts.run_model import load_run_model
+from ..layout import DATA_META_FILE, ENV_FILE
 from ..record.writer import to_plain
-from ..models import build_model
 
 __all__ = ["DEFAULT_CORRUPTIONS", "InferenceResult", "auroc", "score_summary", "load_run_model",
            "resolve_data_path", "run_inference"]
@@ -49,8 +49,6 @@ __all__ = ["DEFAULT_CORRUPTIONS", "InferenceResult", "auroc", "score_summary", "
 log = logging.getLogger(__name__)
 
 DEFAULT_CORRUPTIONS: tuple[str, ...] = tuple(CORRUPTIONS)
-DATA_META_FILE = "data_meta.json"
-MODEL_FILE = "model.pt"
 # How a run is scored, by what its model can do: reconstruction errors (per_event_errors: the
 # autoencoder and diffusion_autoencoder tasks) or class scores (predict_logits: the classifier).
 TASKS = ("autoencoder", "classifier")
@@ -93,65 +91,6 @@ def score_summary(values: np.ndarray) -> dict[str, float | None]:
             **{k: float(np.percentile(v, q)) for k, q in _PERCENTILES.items()}}
 
 
-def load_run_model(run_dir: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, DataMeta]:
-    """Rebuild a run's model from config.yaml + data_meta.json and load its best weights (model.pt).
-
-    Args:
-        run_dir: the run directory.
-        device: where the model goes.
-
-    Returns:
-        (model in eval mode on `device`, the run's Config, its DataMeta).
-
-    Raises:
-        ReportError: the directory, config.yaml, data_meta.json or model.pt is missing or unreadable,
-            or model.pt does not fit the model the config describes; the message names the run
-            directory and the cause.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ReportError(f"run directory not found: {run_dir}")
-    try:
-        config = load_config(read_config(run_dir))
-    except ThesisLibError as exc:
-        raise ReportError(f"{run_dir}: cannot rebuild the model from config.yaml: {exc}") from exc
-    meta = _read_data_meta(run_dir)
-    try:
-        model = build_model(config.model, meta)
-    except ThesisLibError as exc:
-        raise ReportError(f"{run_dir}: the model in config.yaml cannot be built: {exc}") from exc
-    weights = run_dir / MODEL_FILE
-    if not weights.is_file():
-        raise ReportError(f"{run_dir}: {MODEL_FILE} not found; the run saved no best weights (it may have failed "
-                          "or been stopped before its first validation)")
-    try:
-        state = torch.load(weights, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ReportError(f"{run_dir}: {MODEL_FILE} could not be loaded ({type(exc).__name__}: "
-                          f"{str(exc)[:300]}); expected a state_dict written by torch.save") from exc
-    if not isinstance(state, Mapping):
-        raise ReportError(f"{run_dir}: {MODEL_FILE} holds a {type(state).__name__}; expected a state_dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        m = config.model
-        raise ReportError(f"{run_dir}: {MODEL_FILE} does not match the model config.yaml describes ({m.task} "
-                          f"{m.encoder}/{m.bottleneck}, latent_dim={m.latent_dim}): {exc}") from exc
-    return model.to(device).eval(), config, meta
-
-
-def _read_data_meta(run_dir: Path) -> DataMeta:
-    """The run's DataMeta from data_meta.json; ReportError naming the file when it is unusable."""
-    path = run_dir / DATA_META_FILE
-    try:
-        return DataMeta.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ReportError(f"{run_dir}: {DATA_META_FILE} not found; every run writes it at start (data shapes, "
-                          "features, normalization) and the model cannot be rebuilt without it") from None
-    except (ValueError, TypeError, DataError) as exc:
-        raise ReportError(f"{run_dir}: {path} is unusable: {exc}") from exc
-
-
 def resolve_data_path(run_dir: str | Path, config: Config, data_path: str | Path | None = None) -> Path:
     """The event file a run was trained on.
 
@@ -170,7 +109,7 @@ def resolve_data_path(run_dir: str | Path, config: Config, data_path: str | Path
         cwd = _recorded_cwd(run_dir)
         if not given.is_absolute() and cwd:
             candidates.append(Path(cwd) / given)
-            note += f", then relative to the run's cwd {cwd} (env.json)"
+            note += f", then relative to the run's cwd {cwd} ({ENV_FILE})"
         elif not given.is_absolute():
             note += f"; {ENV_FILE} records no cwd to try it relative to"
     for candidate in candidates:
@@ -264,7 +203,7 @@ def run_inference(run_dirs: str | Path | Iterable[str | Path], *, dataset_split:
     params = {name: dict(p) for name, p in (corruption_params or {}).items()}
     _check_options(dataset_split, batch_size, max_samples, corruptions, params, anomaly_score, persist_raw_scores,
                    output_dir)
-    dev = _resolve_device(device)
+    dev = resolve_device(device, "inference device")
     options = {"dataset_split": dataset_split, "batch_size": batch_size, "autocast": bool(autocast),
                "autocast_active": bool(autocast) and dev.type == "cuda", "max_samples": max_samples,
                "corruptions": list(corruptions), "corruption_params": params, "persist_raw_scores": persist_raw_scores,
@@ -306,14 +245,6 @@ def _check_options(split: str, batch_size: int, max_samples: int, corruptions: S
         corrupt(trial, name, generator=torch.Generator(), **params.get(name, {}))
     if persist and output_dir is None:
         raise ConfigError("inference persist_raw_scores=True needs output_dir (where raw_scores_<run_id>.csv go)")
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    """`auto` -> cuda when a GPU is visible, else cpu; a CUDA device that is absent is a ConfigError."""
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if str(device) == "auto" else device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"inference device={str(device)!r} but no CUDA device is visible; use 'auto' or 'cpu'")
-    return dev
 
 
 class _SplitCache:

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from ..data.synthetic import ANOMALY_PROCESS
 from ..errors import ConfigError
+from ..figure_io import save_figure
 
 __all__ = [
     "FIGURE_FILES",
@@ -50,11 +51,8 @@ def _models_of(summary: Mapping, task: str) -> dict[str, dict]:
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
-    return path
+    """Write the figure as PNG (atomically, creating the folder), cropped to what was drawn."""
+    return save_figure(fig, path, dpi=_DPI, bbox_inches="tight")
 
 
 def _empty(path: str | Path, title: str, message: str) -> Path:

@@ -4,26 +4,23 @@ The HTML embeds every image as a data URI, so the file opens offline on its own 
 page still names require.js and MathJax on a CDN; offline they do not load, and a run report has
 no math to typeset); the Markdown keeps images as files beside it. Both hide the code, so the report reads as a document.
 papermill and nbconvert are imported only when a notebook is rendered: on a machine without
-them `render_run_report` raises ImportError and `write_run_report_markdown` still works.
+them `render_run_report` raises ImportError and `write_run_report_markdown` still works: it runs
+the same template's cells in this process (`template_exec`), so both paths share one layout.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from ..shipped import shipped_notebook
 from ..errors import FactsError, ReportError
 from ..atomic_files import atomic_write_bytes, atomic_write_text
-from ..layout import EVENTS_FILE
-from .run_report import load_run_report
-from .telemetry_plot import write_report_figures
+from ..layout import CURVES_FIGURE, EVENTS_FILE, REPORT_MARKDOWN, REPORT_STEM, RUN_REPORT_DIR, TELEMETRY_FIGURE
+from .template_exec import RUN_REPORT_TEMPLATE, run_template
 
 __all__ = ["RUN_REPORT_TEMPLATE", "render_notebook", "export_notebook", "render_run_report", "write_run_report_markdown"]
 
-RUN_REPORT_TEMPLATE = shipped_notebook("report_templates", "run_report.ipynb", must_exist=False)
 # Markdown cells of a template that explain the template itself, not the run: left out of exports.
 TEMPLATE_NOTE_TAG = "template-note"
 
@@ -158,41 +155,50 @@ def render_run_report(
         ReportError: a template cell or the export failed; names the run directory and the error.
     """
     run_dir = _check_run_dir(run_dir)
-    output_dir = Path(output_dir) if output_dir is not None else run_dir / "report"
+    output_dir = Path(output_dir) if output_dir is not None else run_dir / RUN_REPORT_DIR
     parameters = {"run_dir": str(run_dir.resolve()), "output_dir": str(output_dir.resolve())}
     try:
-        paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name="report",
+        paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name=REPORT_STEM,
                                 kernel_name=kernel_name, timeout=timeout)
     except ReportError as exc:
         raise ReportError(f"run report for {run_dir}: {exc}") from exc
-    for key in ("telemetry", "curves"):
-        if (output_dir / f"{key}.png").is_file():
-            paths[key] = output_dir / f"{key}.png"
+    for key, filename in (("telemetry", TELEMETRY_FIGURE), ("curves", CURVES_FIGURE)):
+        if (output_dir / filename).is_file():
+            paths[key] = output_dir / filename
     return paths
 
 
-def write_run_report_markdown(run_dir: Union[str, Path], output_dir: Union[str, Path, None] = None) -> dict[str, Path]:
-    """Write report.md, telemetry.png and curves.png straight from the facts, without a notebook.
+def write_run_report_markdown(
+    run_dir: Union[str, Path],
+    output_dir: Union[str, Path, None] = None,
+    *,
+    template: Union[str, Path, None] = None,
+) -> dict[str, Path]:
+    """Write report.md, telemetry.png and curves.png without Jupyter: the template's cells run in this process.
 
-    The same sections as the notebook report (both come from `RunReport.section`); for machines
-    without papermill/nbconvert.
+    The same cells papermill executes for report.html (`template_exec.run_template`), their
+    Markdown collected instead of displayed: the two reports share one layout. For machines
+    without papermill/nbconvert (the template is read as JSON, no nbformat needed).
 
     Args:
         run_dir: the run directory.
         output_dir: defaults to `<run_dir>/report/`.
+        template: a template other than `report_templates/run_report.ipynb`.
 
     Returns:
         {"markdown": report.md, "telemetry": telemetry.png, "curves": curves.png}.
 
     Raises:
         FactsError: `run_dir` is not a run directory or its facts cannot be read.
+        ReportError: the template is missing or unreadable. Other errors of a cell propagate with a
+            note naming the cell.
     """
     run_dir = _check_run_dir(run_dir)
-    output_dir = Path(output_dir) if output_dir is not None else run_dir / "report"
-    report = load_run_report(run_dir)
-    figures = write_report_figures(report, output_dir)
-    markdown = report.to_markdown({key: os.path.relpath(path, output_dir) for key, path in figures.items()})
-    return {"markdown": atomic_write_text(output_dir / "report.md", markdown), **figures}
+    output_dir = Path(output_dir) if output_dir is not None else run_dir / RUN_REPORT_DIR
+    run = run_template(template or RUN_REPORT_TEMPLATE, {"run_dir": str(run_dir), "output_dir": str(output_dir)})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    markdown = atomic_write_text(output_dir / REPORT_MARKDOWN, run.markdown)
+    return {"markdown": markdown, **run.namespace.get("figures", {})}
 
 
 def _check_run_dir(run_dir: Union[str, Path]) -> Path:

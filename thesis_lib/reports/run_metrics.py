@@ -17,6 +17,8 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from ..layout import TELEMETRY_FILE
+
 __all__ = ["KeyMetrics", "TelemetrySummary", "key_metrics", "telemetry_summary", "gpu_indices", "gpu_column"]
 
 _GPU_COLUMN = re.compile(r"^gpu(\d+)_(.+)$")
@@ -195,9 +197,9 @@ def telemetry_summary(telemetry: pd.DataFrame, payload: Mapping, env: Mapping, d
     summary.rss_peak_mb = _max_or_none(telemetry, "rss_mb")
     if not summary.has_gpu and not summary.warning:
         if telemetry.empty and not payload:
-            summary.warning = "facts/telemetry.csv is absent (telemetry was off, or the run predates the sampler)"
+            summary.warning = f"{TELEMETRY_FILE} is absent (telemetry was off, or the run predates the sampler)"
         else:
-            summary.warning = f"the run used {device or 'no GPU'}; facts/telemetry.csv has no GPU readings"
+            summary.warning = f"the run used {device or 'no GPU'}; {TELEMETRY_FILE} has no GPU readings"
     return summary
 
 

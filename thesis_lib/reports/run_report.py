@@ -1,26 +1,25 @@
-"""One run's report as data: every section of report.md, gathered from the run directory alone.
+"""Loading one run's report: the facts of a run directory gathered into a `RunReport`, findings included.
 
 `load_run_report(run_dir)` reads the facts (events, scalars, steps, telemetry), config.yaml,
-model_info.json and the log, and computes the key metrics once; `RunReport.section(name)` turns
-one section into Markdown and `to_markdown` joins them. The notebook template and the plain
-Markdown writer both call `section`, so the two renderings cannot drift apart. The Markdown
-formatting itself lives in `sections.py`, the key metrics' sources in `run_metrics.py`.
+model_info.json and the log, computes the key metrics once (`run_metrics.py` says where each
+comes from) and the findings (`findings.py`). The data model itself is `report_data.RunReport`;
+how it is laid out as a report is the run-report template's business.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import pandas as pd
 
 from ..errors import FactsError
 from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
-from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE
+from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG
 from .findings import find
-from .run_metrics import KeyMetrics, TelemetrySummary, gpu_indices, key_metrics, telemetry_summary
+from .report_data import ConfigSnapshot, RunReport
+from .run_metrics import key_metrics, telemetry_summary
 
 __all__ = ["RunReport", "ConfigSnapshot", "load_run_report", "LOG_TAIL_LINES"]
 
@@ -28,123 +27,6 @@ LOG_TAIL_LINES = 30
 # Per-epoch columns that describe the whole epoch: read from the train row (the loop writes them there).
 _EPOCH_COLUMNS = ("step", "t", "lr", "grad_norm", "epoch_time_s", "data_wait_frac", "energy_j", "power_avg_w",
                   "gpu_util_avg", "vram_peak_mb", "nvml_mem_peak_mb")
-
-
-@dataclass
-class ConfigSnapshot:
-    """The settings a reader needs to place the run, taken from config.yaml."""
-
-    task: Any = None
-    encoder: Any = None
-    bottleneck: Any = None
-    decoder: Any = None
-    latent_dim: Any = None
-    precision: Any = None
-    batch_size: Any = None
-    grad_accum_steps: Any = None
-    lr: Any = None
-    optimizer: Any = None
-    weight_decay: Any = None
-    grad_clip: Any = None
-    scheduler: Any = None
-    plateau_factor: Any = None
-    plateau_patience: Any = None
-    epochs: Any = None
-    early_stopping_patience: Any = None
-    seed: Any = None
-    device: Any = None
-    data_path: Any = None
-    data_loader: Any = None
-    num_workers: Any = None
-    world_size: int = 1  # processes under torchrun (DDP); data.batch_size is per process
-
-    @property
-    def effective_batch(self) -> Optional[int]:
-        """Samples per optimiser step: batch size times gradient accumulation times processes."""
-        if isinstance(self.batch_size, int) and isinstance(self.grad_accum_steps, int):
-            return self.batch_size * self.grad_accum_steps * self.world_size
-        return None
-
-    @classmethod
-    def from_config(cls, config: Mapping, world_size: int = 1) -> "ConfigSnapshot":
-        """Pick the snapshot's settings out of a resolved config dict (missing keys stay None)."""
-        model, optim = config.get("model") or {}, config.get("optim") or {}
-        trainer, data = config.get("trainer") or {}, config.get("data") or {}
-        return cls(
-            task=model.get("task"), encoder=model.get("encoder"), bottleneck=model.get("bottleneck"),
-            decoder=model.get("decoder"), latent_dim=model.get("latent_dim"), precision=trainer.get("precision"),
-            batch_size=data.get("batch_size"), grad_accum_steps=trainer.get("grad_accum_steps"), lr=optim.get("lr"),
-            optimizer=optim.get("name"), weight_decay=optim.get("weight_decay"), grad_clip=optim.get("grad_clip"),
-            scheduler=optim.get("scheduler"), plateau_factor=optim.get("plateau_factor"),
-            plateau_patience=optim.get("plateau_patience"), epochs=trainer.get("epochs"),
-            early_stopping_patience=trainer.get("early_stopping_patience"), seed=trainer.get("seed"),
-            device=trainer.get("device"), data_path=data.get("path"), data_loader=data.get("loader"),
-            num_workers=data.get("num_workers"), world_size=world_size,
-        )
-
-
-@dataclass
-class RunReport:
-    """A run's report as data; `section(name, images)` renders one section as Markdown."""
-
-    run_dir: Path
-    run_id: str
-    status: str
-    stop_reason: Optional[str]
-    started: Optional[str]
-    duration_s: Optional[float]
-    epochs_completed: int
-    steps: Optional[int]
-    params_total: Optional[int]
-    params_trainable: Optional[int]
-    device: Optional[str]
-    metrics: KeyMetrics
-    config: ConfigSnapshot
-    telemetry: TelemetrySummary
-    test_metrics: dict
-    test_epoch: Optional[int]
-    confusion: Optional[dict]  # classifiers: {"matrix": [[true][pred]], "class_names": [...]} from on_test_end
-    exception: Optional[dict]
-    log_tail: list
-    config_text: str = field(default="", repr=False)
-    epochs: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # one row per epoch, see _epoch_table
-    steps_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/steps.csv
-    telemetry_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/telemetry.csv
-    findings: list = field(default_factory=list)
-
-    @property
-    def trainable_pct(self) -> Optional[float]:
-        if not self.params_total or self.params_trainable is None:
-            return None
-        return 100.0 * self.params_trainable / self.params_total
-
-    def gpu_devices(self) -> list[int]:
-        """Indices of the GPUs with at least one reading in facts/telemetry.csv."""
-        return gpu_indices(self.telemetry_table)
-
-    def section(self, name: str, images: Optional[Mapping[str, Any]] = None) -> str:
-        """One section as Markdown; `name` is one of `sections.SECTIONS`.
-
-        Args:
-            name: the section, e.g. "summary" or "telemetry".
-            images: {"curves": path, "telemetry": path} relative to where the Markdown will live;
-                an image left out is not linked.
-
-        Returns:
-            The section's Markdown, starting with its heading.
-
-        Raises:
-            ReportError: an unknown section name (the message lists the known ones).
-        """
-        from .sections import render_section
-
-        return render_section(self, name, images or {})
-
-    def to_markdown(self, images: Optional[Mapping[str, Any]] = None) -> str:
-        """The whole report: every section of `sections.SECTIONS`, in order."""
-        from .sections import SECTIONS
-
-        return "\n".join(self.section(name, images) for name in SECTIONS)
 
 
 def load_run_report(run_dir: str | Path) -> RunReport:
@@ -176,7 +58,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
     scalars = read_scalars(run_dir) if (run_dir / SCALARS_FILE).is_file() else pd.DataFrame()
     epochs = _epoch_table(scalars)
     steps_table, telemetry_table = read_steps(run_dir), read_telemetry(run_dir)
-    params = (_read_json(run_dir / "model_info.json").get("parameters") or start.get("params") or {})
+    params = (_read_json(run_dir / MODEL_INFO_FILE).get("parameters") or start.get("params") or {})
     test = _last(events, "on_test_end")
     payload = (end or {}).get("telemetry") or {}
     duration = (end or {}).get("total_time_s")
@@ -203,7 +85,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         confusion=({"matrix": test["confusion_matrix"], "class_names": test.get("class_names") or []}
                    if test and test.get("confusion_matrix") else None),
         exception=_last(since_start, "on_exception"),
-        log_tail=_log_tail(run_dir / "logs" / "stdout.log"),
+        log_tail=_log_tail(run_dir / STDOUT_LOG),
         config_text=_read_text(run_dir / CONFIG_FILE),
         epochs=epochs,
         steps_table=steps_table,

@@ -1,8 +1,8 @@
-"""Figure helpers the sweep analyses share: curves, heatmap grids, scatter with Pareto fronts, boxplots.
+"""Figure helpers the report figures share: per-epoch curves, heatmap grids, scatter with Pareto fronts, boxplots.
 
-Figures are built with `matplotlib.figure.Figure` rather than pyplot: no global state, no
-backend to choose, nothing kept alive after saving, and the same code works in a notebook,
-a worker process or a headless CI job.
+The sweep analyses draw with all of them; the run report's curves.png draws its per-epoch
+train/val lines with `plot_run_curves` too. Figures are `figure_io` figures (no pyplot) and are
+saved through its atomic `save_figure`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .. import figure_io
 
 __all__ = [
     "FigureStyle",
@@ -42,19 +44,14 @@ class FigureStyle:
 
 def new_figure(style: FigureStyle, *, ncols: int = 1, width: float | None = None, height: float | None = None):
     """A Figure with `ncols` axes side by side; returns (fig, axes) with axes a list."""
-    fig = Figure(figsize=(width or style.width * (1 if ncols == 1 else 0.75 * ncols), height or style.height),
-                 layout="constrained")
+    fig = figure_io.new_figure(width or style.width * (1 if ncols == 1 else 0.75 * ncols), height or style.height)
     axes = fig.subplots(1, ncols, squeeze=False)[0]
     return fig, list(axes)
 
 
 def save_figure(fig: Figure, figures_dir: str | Path, name: str, style: FigureStyle) -> Path:
-    """Write `figure-<name>.png` into `figures_dir` (created if missing) and return its path."""
-    directory = Path(figures_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"figure-{name}.png"
-    fig.savefig(path, dpi=style.dpi)
-    return path
+    """Write `figure-<name>.png` into `figures_dir` (created if missing, the file replaced atomically); returns its path."""
+    return figure_io.save_figure(fig, Path(figures_dir) / f"figure-{name}.png", dpi=style.dpi)
 
 
 def category_colors(values: Iterable[Any]) -> dict[Any, Any]:
@@ -70,19 +67,21 @@ def plot_run_curves(
     colors: Mapping[Any, Any],
     *,
     xlabel: str,
-    ylabel: str,
+    ylabel: str | None = None,
     legend_title: str | None = None,
     log_y: bool = False,
+    legend: bool = True,
 ) -> None:
-    """One line per run, coloured by its category; the legend has one entry per category.
+    """One line per run (or per split of one run), coloured by its category; one legend entry per category.
 
     Args:
         ax: the axes to draw on.
-        curves: (category, x, y) per run.
+        curves: (category, x, y) per line, e.g. (tokenizer, epochs, val loss) or ("train", epochs, loss).
         colors: category -> colour (see `category_colors`).
-        xlabel, ylabel: axis labels.
+        xlabel, ylabel: axis labels (no y label when None); "epoch" gets integer ticks.
         legend_title: title of the category legend.
         log_y: log-scale the y axis when every value is positive and they span a decade or more.
+        legend: draw the legend now (False: the caller adds lines and draws it).
     """
     seen = set()
     for category, x, y in curves:
@@ -100,9 +99,11 @@ def plot_run_curves(
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(title=legend_title, fontsize="small")
+    if legend:
+        ax.legend(title=legend_title, fontsize="small")
 
 
 def plot_heatmap(fig: Figure, ax: Any, table: pd.DataFrame, *, label: str, counts: pd.DataFrame | None = None) -> None:

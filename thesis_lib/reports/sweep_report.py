@@ -22,7 +22,6 @@ read the same run at once, which a rewritten JSON file would not be.
 
 from __future__ import annotations
 
-import argparse
 import datetime as _dt
 import json
 import warnings
@@ -38,17 +37,17 @@ from ..version import __version__
 from ..errors import ConfigError, FactsError, ReportError
 from ..facts import discover_runs, load_runs
 from ..atomic_files import atomic_write_text
-from ..layout import sanitize_run_name
+from ..layout import (SWEEP_REPORT_NOTEBOOK, FIGURES_DIR, INFERENCE_DIR, MANIFEST_FILE, REPORT_BACKLINKS, REPORT_STEM, REPORTS_DIR, RUNS_DIR,
+                      SUMMARY_CSV, SUMMARY_JSON, SWEEP_FILE, SWEEPS_DIR, TRAINING_DIR, sanitize_run_name)
 from ..record.writer import to_plain
 from .analyses import (AnalysisContext, AnalysisOutput, check_which_figures, energy_per_run, filter_tasks, get_analysis,
                        select_runs)
 from .render import render_notebook
 
-__all__ = ["SweepReport", "build_sweep_report", "render_sweep_report", "add_report_sweep_command", "resolve_report_dir",
-           "BACKLINK_FILE", "DEFAULT_INFERENCE", "SWEEP_REPORT_TEMPLATE"]
+__all__ = ["SweepReport", "build_sweep_report", "render_sweep_report", "resolve_report_dir",
+           "DEFAULT_INFERENCE", "SWEEP_REPORT_TEMPLATE"]
 
-BACKLINK_FILE = "reports.txt"
-SWEEP_REPORT_TEMPLATE = shipped_notebook("report_templates", "sweep_report.ipynb", must_exist=False)
+SWEEP_REPORT_TEMPLATE = shipped_notebook("report_templates", SWEEP_REPORT_NOTEBOOK, must_exist=False)
 DEFAULT_INFERENCE = {"enabled": False, "batch_size": 512, "autocast": True, "dataset_split": "test",
                      "max_samples": 0, "persist_raw_scores": False}
 
@@ -68,7 +67,7 @@ class SweepReport:
 
     @property
     def manifest_path(self) -> Path:
-        return self.report_dir / "manifest.yaml"
+        return self.report_dir / MANIFEST_FILE
 
     @property
     def figures(self) -> dict[str, Path]:
@@ -127,19 +126,19 @@ def build_sweep_report(
 
     name = name or analysis
     report_dir = Path(output_dir) if output_dir is not None else resolve_report_dir(sweep_dir, runs_df["run_dir"], name)
-    (report_dir / "training" / "figures").mkdir(parents=True, exist_ok=True)
+    (report_dir / TRAINING_DIR / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
     report = SweepReport(report_dir=report_dir, analysis=analysis, runs_df=runs_df, output=AnalysisOutput(),
                          skipped=skipped, excluded=excluded)
     inputs = {"name": name, "sweep_dir": None if sweep_dir is None else str(sweep_dir), "run_dirs": _listed(run_dirs),
               "select": select, "thresholds": thresholds, "which_figures": figures, "inference": options}
     ctx = AnalysisContext(runs_df=runs_df, per_epoch={r: per_epoch[r] for r in order}, order=order,
-                          figures_dir=report_dir / "training" / "figures", thresholds=dict(thresholds or {}),
+                          figures_dir=report_dir / TRAINING_DIR / FIGURES_DIR, thresholds=dict(thresholds or {}),
                           which_figures=figures)
     try:
         report.output = module.run(ctx)
         _write_training(report, inputs, _read_sweep_spec(sweep_dir))
         if options["enabled"]:
-            report.inference, report.inference_figures = _inference_section(report_dir / "inference", runs_df, options)
+            report.inference, report.inference_figures = _inference_section(report_dir / INFERENCE_DIR, runs_df, options)
             report.output.notes += [f"Inference could not evaluate {run}: {why}"
                                     for run, why in report.inference["errors"].items()]
     except Exception as exc:  # write what there is, saying what failed, before raising
@@ -184,8 +183,8 @@ def render_sweep_report(
     get_analysis(analysis)
     figures = check_which_figures(analysis, which_figures)
     if sweep_dir is None and run_dirs is None:
-        raise ReportError("render_sweep_report needs sweep_dir or run_dirs "
-                          "(only the template itself, run with its defaults, trains demo runs)")
+        raise ReportError("render_sweep_report needs sweep_dir or run_dirs: a sweep report reports on runs "
+                          "that exist and trains none")
     candidates = discover_runs(sweep_dir, run_dirs)
     report_dir = (Path(output_dir) if output_dir is not None
                   else resolve_report_dir(sweep_dir, map(str, candidates), name or analysis))
@@ -195,85 +194,21 @@ def render_sweep_report(
                   "inference": _inference_options(inference), "output_dir": str(report_dir.resolve()),
                   "name": name or analysis}
     parameters = to_plain(parameters, where="parameters", nonfinite_to_none=False)
-    paths = render_notebook(SWEEP_REPORT_TEMPLATE, report_dir, parameters, name="report", kernel_name=kernel_name)
-    return {"report_dir": report_dir, "manifest": report_dir / "manifest.yaml", **paths}
-
-
-def add_report_sweep_command(report_subparsers: Any) -> argparse.ArgumentParser:
-    """Add `sweep` to the `thesis-lib report` subcommands; the parser's `func` runs it and returns an exit code.
-
-    `thesis-lib report sweep <sweep_dir> [--run-dirs ...] --analysis compare_tokenizers
-    [--select key=v1,v2 ...] [--threshold val_mse=0.1 ...] [--which-figures a,b] [--inference
-    --inference-batch-size N --inference-split test --max-samples N --persist-raw-scores]
-    [--output-dir DIR] [--name NAME] [--no-notebook]`
-    """
-    parser = report_subparsers.add_parser("sweep", help="compare the runs of a sweep (or listed runs) in one report")
-    parser.add_argument("sweep_dir", nargs="?", help="the sweep folder, e.g. outputs/multiruns/exp_...")
-    parser.add_argument("--run-dirs", nargs="+", help="run folders or globs (instead of or besides sweep_dir)")
-    parser.add_argument("--analysis", default="generic", help="generic | compare_tokenizers | compare_globals_heads")
-    parser.add_argument("--select", action="append", default=[], metavar="KEY=V1,V2",
-                        help="keep runs whose runs_df column KEY is one of the values (repeatable)")
-    parser.add_argument("--threshold", action="append", default=[], metavar="KEY=VALUE",
-                        help="analysis threshold, e.g. val_mse=0.1 (repeatable)")
-    parser.add_argument("--which-figures", help="comma-separated figure names (default: all)")
-    parser.add_argument("--inference", action="store_true", help="also evaluate each run's model.pt (AUROC, errors)")
-    parser.add_argument("--inference-batch-size", type=int, default=DEFAULT_INFERENCE["batch_size"])
-    parser.add_argument("--inference-split", default=DEFAULT_INFERENCE["dataset_split"],
-                        choices=("test", "val", "train"))
-    parser.add_argument("--max-samples", type=int, default=0, help="events evaluated per run (0: all)")
-    parser.add_argument("--no-autocast", action="store_true", help="evaluate in fp32 on the GPU")
-    parser.add_argument("--persist-raw-scores", action="store_true", help="save per-event scores as CSV tables")
-    parser.add_argument("--output-dir", help="the report directory (default: <output_root>/reports/report_<ts>_<name>)")
-    parser.add_argument("--name", help="report name (default: the analysis name)")
-    parser.add_argument("--no-notebook", action="store_true",
-                        help="write the layout only, without executing the notebook (no report.html / report.md)")
-    parser.set_defaults(func=_cmd_report_sweep)
-    return parser
-
-
-def _cmd_report_sweep(args: argparse.Namespace) -> int:
-    """Run `thesis-lib report sweep`; prints where the report went."""
-    kwargs = dict(
-        sweep_dir=args.sweep_dir, run_dirs=args.run_dirs, analysis=args.analysis,
-        select={k: v.split(",") for k, v in _pairs(args.select, "--select")} or None,
-        thresholds={k: float(v) for k, v in _pairs(args.threshold, "--threshold")} or None,
-        which_figures=args.which_figures.split(",") if args.which_figures else None,
-        inference={"enabled": args.inference, "batch_size": args.inference_batch_size, "autocast": not args.no_autocast,
-                   "dataset_split": args.inference_split, "max_samples": args.max_samples,
-                   "persist_raw_scores": args.persist_raw_scores},
-        output_dir=args.output_dir, name=args.name,
-    )
-    if args.no_notebook:
-        report = build_sweep_report(**kwargs)
-        print(f"sweep report ({len(report.runs_df)} runs): {report.report_dir}")
-    else:
-        paths = render_sweep_report(**kwargs)
-        print(f"sweep report: {paths['report_dir']}\n  html: {paths['html']}\n  markdown: {paths['markdown']}")
-    return 0
-
-
-def _pairs(items: Iterable[str], option: str) -> list[tuple[str, str]]:
-    """KEY=VALUE strings split once; ConfigError naming the option for one without '='."""
-    pairs = []
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"{option} {item!r} is not KEY=VALUE (e.g. {option} model.latent_dim=16,32)")
-        key, value = item.split("=", 1)
-        pairs.append((key.strip(), value.strip()))
-    return pairs
+    paths = render_notebook(SWEEP_REPORT_TEMPLATE, report_dir, parameters, name=REPORT_STEM, kernel_name=kernel_name)
+    return {"report_dir": report_dir, "manifest": report_dir / MANIFEST_FILE, **paths}
 
 
 def resolve_report_dir(sweep_dir: str | Path | None, run_dirs: Iterable[str], name: str) -> Path:
     """A new `<output_root>/reports/report_<YYYYmmdd-HHMMSS>_<name>` path (suffixed -2, -3 ... if taken)."""
     root = Path("outputs")
-    if sweep_dir is not None and Path(sweep_dir).parent.name == "multiruns":
+    if sweep_dir is not None and Path(sweep_dir).parent.name == SWEEPS_DIR:
         root = Path(sweep_dir).parent.parent
     elif sweep_dir is None:
         parents = {Path(r).parent for r in run_dirs}
-        if len(parents) == 1 and next(iter(parents)).name == "runs":
+        if len(parents) == 1 and next(iter(parents)).name == RUNS_DIR:
             root = next(iter(parents)).parent
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = root / "reports" / f"report_{stamp}_{sanitize_run_name(name)}"
+    base = root / REPORTS_DIR / f"report_{stamp}_{sanitize_run_name(name)}"
     candidate, n = base, 1
     while candidate.exists():
         n += 1
@@ -292,8 +227,8 @@ def _inference_section(inference_dir: Path, runs_df: pd.DataFrame, options: Mapp
                            max_samples=int(options["max_samples"]),
                            persist_raw_scores=bool(options["persist_raw_scores"]), output_dir=inference_dir)
     summary = result.to_dict()
-    _write_json(inference_dir / "summary.json", summary)
-    return summary, plot_inference_figures(result, inference_dir / "figures")
+    _write_json(inference_dir / SUMMARY_JSON, summary)
+    return summary, plot_inference_figures(result, inference_dir / FIGURES_DIR)
 
 
 def _load_with_skips(sweep_dir, run_dirs):
@@ -318,7 +253,7 @@ def _load_with_skips(sweep_dir, run_dirs):
 
 def _read_sweep_spec(sweep_dir) -> Optional[dict]:
     """sweep.yaml of the sweep folder, when there is one (a glob or run_dirs have none)."""
-    path = Path(sweep_dir) / "sweep.yaml" if sweep_dir is not None else None
+    path = Path(sweep_dir) / SWEEP_FILE if sweep_dir is not None else None
     if path is None or not path.is_file():
         return None
     try:
@@ -329,14 +264,14 @@ def _read_sweep_spec(sweep_dir) -> Optional[dict]:
 
 def _write_training(report: SweepReport, inputs: Mapping[str, Any], sweep_spec: Optional[dict]) -> None:
     """training/summary.csv, one table-<name>.csv per table, and summary.json."""
-    training_dir = report.report_dir / "training"
-    report.runs_df.to_csv(training_dir / "summary.csv", index=False)
+    training_dir = report.report_dir / TRAINING_DIR
+    report.runs_df.to_csv(training_dir / SUMMARY_CSV, index=False)
     records = {}
     for table_name, table in report.output.tables.items():
         indexed = not isinstance(table.index, pd.RangeIndex)  # grids keep their row axis
         table.to_csv(training_dir / f"table-{table_name}.csv", index=indexed)
         records[table_name] = json.loads((table.reset_index() if indexed else table).to_json(orient="records"))
-    _write_json(training_dir / "summary.json", {
+    _write_json(training_dir / SUMMARY_JSON, {
         "analysis": report.analysis, "n_runs": len(report.runs_df), "select": inputs["select"],
         "thresholds": inputs["thresholds"], "which_figures": inputs["which_figures"], "sweep": sweep_spec,
         "summary": report.output.summary, "notes": report.output.notes,
@@ -357,7 +292,7 @@ def _write_manifest(report: SweepReport, inputs: Mapping[str, Any], error: Optio
         "filters": {"select": inputs["select"]}, "thresholds": inputs["thresholds"],
         "which_figures": inputs["which_figures"], "inference": inputs["inference"],
         "runs": runs, "skipped": report.skipped, "excluded": report.excluded, "notes": report.output.notes,
-        "outputs": sorted({*outputs, "manifest.yaml"}),
+        "outputs": sorted({*outputs, MANIFEST_FILE}),
     }
     if error is not None:
         manifest["error"] = error
@@ -387,10 +322,10 @@ def _write_backlinks(report: SweepReport) -> None:
     line = f"{stamp}\t{report.analysis}\t{report.report_dir.resolve()}\n"
     for run_dir in report.runs_df["run_dir"]:
         try:
-            with open(Path(run_dir) / BACKLINK_FILE, "a", encoding="utf-8") as handle:
+            with open(Path(run_dir) / REPORT_BACKLINKS, "a", encoding="utf-8") as handle:
                 handle.write(line)
         except OSError as exc:
-            warnings.warn(f"could not add a backlink to {run_dir}/{BACKLINK_FILE}: {exc}", stacklevel=3)
+            warnings.warn(f"could not add a backlink to {run_dir}/{REPORT_BACKLINKS}: {exc}", stacklevel=3)
 
 
 def _write_json(path: Path, data: Any) -> None:

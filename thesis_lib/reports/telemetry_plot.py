@@ -14,17 +14,20 @@ from typing import Union
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
+from ..figure_io import new_figure, save_figure
+from ..layout import CURVES_FIGURE, TELEMETRY_FIGURE, TELEMETRY_FILE
+from .report_data import RunReport
 from .run_metrics import gpu_column
-from .run_report import RunReport, load_run_report
+from .run_report import load_run_report
+from .sweep_plots import plot_run_curves
 
 __all__ = ["telemetry_figure", "curves_figure", "plot_telemetry", "plot_curves", "write_report_figures"]
 
 TELEMETRY_PANELS = ("Training loss", "Learning rate", "VRAM (MB)", "GPU utilisation (%)", "Power (W)", "Temperature (°C)")
 _RAW, _SMOOTH, _VAL, _TORCH = "0.55", "tab:orange", "tab:blue", "tab:red"
+_SPLIT_COLORS = {"train": _SMOOTH, "val": _VAL}
 _DPI = 110
 
 
@@ -42,8 +45,7 @@ def telemetry_figure(report: RunReport) -> Figure:
     Returns:
         The figure (3 x 2 axes).
     """
-    fig = Figure(figsize=(14, 10), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(14, 10)
     axes = fig.subplots(3, 2, sharex=True).ravel()
     scale, unit = _time_scale(report)
     _loss_panel(axes[0], report, scale)
@@ -57,7 +59,7 @@ def telemetry_figure(report: RunReport) -> Figure:
         _power_panel(axes[4], report, devices, scale)
         _gpu_lines(axes[5], report, devices, "temp_c", scale)
     else:
-        reason = report.telemetry.warning or "facts/telemetry.csv has no GPU readings"
+        reason = report.telemetry.warning or f"{TELEMETRY_FILE} has no GPU readings"
         for ax in axes[2:]:
             _no_data(ax, "no GPU telemetry\n" + textwrap.fill(reason, 60))
     for ax, title in zip(axes, TELEMETRY_PANELS):
@@ -78,17 +80,14 @@ def curves_figure(report: RunReport) -> Figure:
     """Train and val loss per epoch (best epoch starred, LR cuts dotted), plus one panel per val metric."""
     epochs = report.epochs
     metrics = [c[len("val_"):] for c in epochs.columns if c.startswith("val_metric_")][:3]
-    fig = Figure(figsize=(6 + 4 * len(metrics), 4), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(6 + 4 * len(metrics), 4)
     axes = np.atleast_1d(fig.subplots(1, 1 + len(metrics)))
     ax = axes[0]
     ax.set_title("Loss per epoch", loc="left", fontsize=11)
     if epochs.empty:
         _no_data(ax, "no epoch has finished yet")
         return fig
-    for column, label, color in (("train_loss", "train", _SMOOTH), ("val_loss", "val", _VAL)):
-        if column in epochs:
-            ax.plot(epochs.index, epochs[column], marker="o", ms=3, label=label, color=color)
+    plot_run_curves(ax, _split_curves(epochs, "loss"), _SPLIT_COLORS, xlabel="epoch", legend=False)
     best = report.metrics.best_epoch
     if best is not None:
         ax.plot([best], [report.metrics.loss_best_val], marker="*", ms=14, color=_VAL, ls="none",
@@ -97,22 +96,22 @@ def curves_figure(report: RunReport) -> Figure:
         lr = epochs["lr"].astype(float)
         for epoch in lr.index[1:][lr.to_numpy()[1:] < lr.to_numpy()[:-1]]:
             ax.axvline(epoch, color="0.4", ls=":", lw=1)
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax = axes[0]
-    ax.set_xlabel("epoch")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
     for ax, metric in zip(axes[1:], metrics):
-        for split, color in (("train", _SMOOTH), ("val", _VAL)):
-            column = f"{split}_{metric}"
-            if column in epochs and epochs[column].notna().any():
-                ax.plot(epochs.index, epochs[column], marker="o", ms=3, label=split, color=color)
+        plot_run_curves(ax, _split_curves(epochs, metric), _SPLIT_COLORS, xlabel="epoch", legend=False)
         ax.set_title(metric.removeprefix("metric_"), loc="left", fontsize=11)
-        ax.set_xlabel("epoch")
         ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
     return fig
+
+
+def _split_curves(epochs: pd.DataFrame, name: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """("train" / "val", epochs, values) for the splits that recorded `name` ("loss" or "metric_<x>")."""
+    curves = []
+    for split in ("train", "val"):
+        column = f"{split}_{name}"
+        if column in epochs and epochs[column].notna().any():
+            curves.append((split, epochs.index.to_numpy(), epochs[column].to_numpy(dtype=float)))
+    return curves
 
 
 def plot_telemetry(report_or_run_dir: Union[RunReport, str, Path], path: Union[str, Path]) -> Path:
@@ -128,19 +127,19 @@ def plot_telemetry(report_or_run_dir: Union[RunReport, str, Path], path: Union[s
     Raises:
         FactsError: a run directory whose facts cannot be read.
     """
-    return _save(telemetry_figure(_as_report(report_or_run_dir)), path)
+    return save_figure(telemetry_figure(_as_report(report_or_run_dir)), path, dpi=_DPI)
 
 
 def plot_curves(report_or_run_dir: Union[RunReport, str, Path], path: Union[str, Path]) -> Path:
     """Write curves.png (see `curves_figure`); arguments, return value and errors as `plot_telemetry`."""
-    return _save(curves_figure(_as_report(report_or_run_dir)), path)
+    return save_figure(curves_figure(_as_report(report_or_run_dir)), path, dpi=_DPI)
 
 
 def write_report_figures(report: RunReport, output_dir: Union[str, Path]) -> dict[str, Path]:
     """Write telemetry.png and curves.png into `output_dir`; returns {"telemetry": path, "curves": path}."""
     output_dir = Path(output_dir)
-    return {"telemetry": plot_telemetry(report, output_dir / "telemetry.png"),
-            "curves": plot_curves(report, output_dir / "curves.png")}
+    return {"telemetry": plot_telemetry(report, output_dir / TELEMETRY_FIGURE),
+            "curves": plot_curves(report, output_dir / CURVES_FIGURE)}
 
 
 def _loss_panel(ax: Axes, report: RunReport, scale: float) -> None:
@@ -242,10 +241,3 @@ def _time_scale(report: RunReport) -> tuple[float, str]:
 def _as_report(value: Union[RunReport, str, Path]) -> RunReport:
     return value if isinstance(value, RunReport) else load_run_report(value)
 
-
-def _save(fig: Figure, path: Union[str, Path]) -> Path:
-    """Save a figure as PNG, creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI)
-    return path

@@ -9,7 +9,6 @@ broken or heavy analysis never slows the others down. `select_runs` (the user's 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any, Iterable, Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from ...errors import ConfigError, ReportError
+from ...errors import ConfigError, ReportError, did_you_mean
 from ..sweep_plots import FigureStyle, save_figure
 
 __all__ = [
@@ -35,7 +34,6 @@ __all__ = [
     "run_label",
     "energy_per_run",
     "NON_GRID_COLUMNS",
-    "did_you_mean",
 ]
 
 # name -> module under thesis_lib.reports.analyses; one line per analysis.
@@ -121,7 +119,7 @@ def get_analysis(name: str) -> ModuleType:
     """
     if name not in ANALYSES:
         raise ConfigError(
-            f"unknown analysis {name!r}; expected one of {sorted(ANALYSES)}{did_you_mean(name, ANALYSES)}"
+            f"unknown analysis {name!r}; expected one of {sorted(ANALYSES)}{_hint(name, ANALYSES)}"
         )
     return importlib.import_module(f"{__name__}.{ANALYSES[name]}")
 
@@ -141,7 +139,7 @@ def check_which_figures(analysis: str, which_figures: Optional[Iterable[str]]) -
         if name not in allowed:
             raise ConfigError(
                 f"which_figures: analysis {analysis!r} has no figure {name!r}; "
-                f"expected some of {list(allowed)}{did_you_mean(name, allowed)}"
+                f"expected some of {list(allowed)}{_hint(name, allowed)}"
             )
     return names
 
@@ -168,7 +166,7 @@ def select_runs(runs_df: pd.DataFrame, select: Optional[Mapping[str, Any]]) -> p
     mask = pd.Series(True, index=runs_df.index)
     for column, wanted in select.items():
         if column not in runs_df.columns:
-            raise ConfigError(f"select: no column {column!r} in the runs table{did_you_mean(column, runs_df.columns)}; "
+            raise ConfigError(f"select: no column {column!r} in the runs table{_hint(column, runs_df.columns)}; "
                               "any runs_df column works (tokenizer, seed, model.latent_dim, ...)")
         wanted = list(wanted) if isinstance(wanted, (list, tuple, set)) else [wanted]
         mask &= _matches(runs_df[column], wanted)
@@ -265,7 +263,7 @@ def _short(value: Any) -> str:
     return str(value)
 
 
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """'; did you mean X?' for the closest choice, or ''."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
+def _hint(name: str, allowed: Iterable[Any]) -> str:
+    """'; did you mean X?' for the closest allowed name (errors.did_you_mean), or ''."""
+    close = did_you_mean(name, allowed)
+    return f"; did you mean {close!r}?" if close else ""

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ...layout import DATA_META_FILE
 from ..sweep_plots import annotate_empty, category_colors, new_figure, plot_boxplot, plot_pareto, plot_run_curves
 from . import AnalysisContext, AnalysisOutput, run_label, varying_config_columns
 from .generic import seed_aggregate
@@ -173,7 +174,7 @@ def _compression_table(runs: pd.DataFrame, best_error: np.ndarray) -> pd.DataFra
                  "code_dim": row.get("model.vq.code_dim"), "codebook_size": row.get("model.vq.codebook_size")}
         input_bits = latent_bits = float("nan")
         try:
-            meta = json.loads((Path(row["run_dir"]) / "data_meta.json").read_text())
+            meta = json.loads((Path(row["run_dir"]) / DATA_META_FILE).read_text())
             input_bits, latent_bits = compression_bits(model, meta)
         except (OSError, ValueError, KeyError, TypeError):  # no or unreadable data_meta.json, or no vq sizes
             pass
