@@ -6,8 +6,8 @@ Three measurements, from the most end-to-end to the most precise:
    redraw at most every 250 ms, telemetry on); only `dashboard=` differs. Each repeat runs the
    variants back to back in a rotating order; the figure per run is the median training-pass
    throughput over the epochs after the first; ratios quote medians over repeats.
-2. The loop's hot path (`run_train_epoch`, with the dashboard's on_sync and control hooks as
-   train() passes them), one model and loader, the variant rotating every epoch: noise from other
+2. The loop's hot path (`train_epoch`, with the dashboard listening at the run's sync points as
+   train() sets it up), one model and loader, the variant rotating every epoch: noise from other
    processes hits neighbouring epochs alike. Steps/s by wall clock and by process CPU time.
 3. The dashboards' own work timed alone (control() per step, on_sync per sync point, one redraw)
    and the ratio it predicts for the measured step time.
@@ -37,8 +37,9 @@ from thesis_lib.data import make_loaders, make_synthetic_events
 from thesis_lib.facts import load_runs
 from thesis_lib.live import make_dashboard
 from thesis_lib.models import build_model
-from thesis_lib.train.epoch import run_train_epoch
+from thesis_lib.train.epoch import train_epoch
 from thesis_lib.train.optim import Precision, build_optimizer
+from thesis_lib.train.sync_points import DashboardView, SyncPoints
 
 VARIANTS = ("none", "text", "widget")
 
@@ -63,7 +64,7 @@ def run_once(cfg: dict, variant: str) -> float:
 
 
 def hot_path_rates(cfg: dict, rounds: int) -> dict[str, dict[str, list[float]]]:
-    """Steps/s (wall and CPU) of run_train_epoch per variant, the variant rotating every epoch."""
+    """Steps/s (wall and CPU) of train_epoch per variant, the variant rotating every epoch."""
     resolved = load_config(cfg)
     device = torch.device(resolved.trainer.device)
     loaders, meta = make_loaders(resolved.data, device=device, seed=0)
@@ -81,25 +82,16 @@ def hot_path_rates(cfg: dict, rounds: int) -> dict[str, dict[str, list[float]]]:
             if dashboard is not None:
                 dashboard.on_start({"run_id": "bench", "epochs": 10 ** 6, "start_epoch": 0,
                                     "steps_per_epoch": steps_per_epoch})
-            on_sync = refresh_due = None
-            if dashboard is not None:
-                # As train() does: a live dashboard (widget, terminal) also gets a sync point every
-                # update interval, so that cost is in the measurement too.
-                next_refresh = [time.perf_counter() + 0.25]
-
-                def on_sync(batch, running, samples, scheduled, _d=dashboard, _e=epoch, _n=next_refresh):
-                    _n[0] = time.perf_counter() + 0.25
-                    _d.on_sync(_e, batch, steps_per_epoch, running, samples, 1e-3, None)
-
-                if dashboard.owns_console:
-                    def refresh_due(_n=next_refresh):
-                        return time.perf_counter() >= _n[0]
+            # As train() does: the dashboard listens at sync points, its control() is polled after
+            # every step, and one that owns the console also gets a sync point every update interval.
+            listeners = [DashboardView(dashboard, steps_per_epoch, lambda: None)] if dashboard is not None else []
+            hook = SyncPoints(resolved.trainer.sync_every_n_steps, listeners=listeners,
+                              control=dashboard.control if dashboard is not None else None)
+            hook.start_epoch(epoch, 1e-3, 0, refresh_s=0.25 if dashboard is not None and dashboard.owns_console else None)
             loaders["train"].set_epoch(epoch)
             wall, cpu = time.perf_counter(), time.process_time()
-            stats = run_train_epoch(model, loaders["train"], optimizer, precision, device=device, names=names,
-                                    sync_every=resolved.trainer.sync_every_n_steps, epoch=epoch, on_sync=on_sync,
-                                    control=dashboard.control if dashboard is not None else None,
-                                    refresh_due=refresh_due)
+            stats = train_epoch(model, loaders["train"], optimizer, precision, hook, device=device, names=names,
+                                epoch=epoch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -183,7 +175,7 @@ def main() -> None:
         median = statistics.median(results[variant])
         ratios = ", ".join(f"{r / n:.3f}" for r, n in zip(results[variant], results["none"]))
         print(f"| {variant} | {median:,.0f} | {median / args.batch_size:,.1f} | **{median / base:.3f}** | {ratios} |")
-    print(f"\nhot path (run_train_epoch), variant rotating every epoch, {args.rounds} epochs per variant:")
+    print(f"\nhot path (train_epoch), variant rotating every epoch, {args.rounds} epochs per variant:")
     print("| dashboard | steps/s wall (median) | ratio | steps/CPU-s (median) | ratio |")
     print("|---|---|---|---|---|")
     for variant in VARIANTS:

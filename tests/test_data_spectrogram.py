@@ -294,7 +294,7 @@ def test_write_events_extra_attrs(tmp_path):
 # --- end to end ----------------------------------------------------------------------------------
 
 def test_mlp_classifier_learns_the_conditions(spectro, tmp_path):
-    from thesis_lib.train import train
+    from thesis_lib import train
 
     result = train({
         "output_root": str(tmp_path / "outputs"), "run_name": "spectro",

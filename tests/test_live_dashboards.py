@@ -14,7 +14,7 @@ from thesis_lib.facts import load_runs, read_events
 from thesis_lib.live import DashboardWarning, detect_dashboard_kind, make_dashboard
 from thesis_lib.live.base import SafeDashboard
 from thesis_lib.live.text import TextDashboard
-from thesis_lib.train import train
+from thesis_lib import train
 
 TINY_MODEL = {"encoder": "mlp", "bottleneck": "vq", "latent_dim": 8, "hidden_dim": 32, "num_layers": 1,
               "token_embed_dim": 4, "vq": {"codebook_size": 16, "code_dim": 4}}
@@ -306,7 +306,7 @@ def test_widget_dashboard_runs_with_the_loop_outside_a_frontend(events, tmp_path
 
 # -- in a real kernel: a frontend's click reaches the dashboard while the cell trains ----------
 KERNEL_CELL = """
-from thesis_lib.train import train
+from thesis_lib import train
 result = train({config!r}, dashboard="widget")
 print("RESULT", result.status, result.stop_reason, result.epochs_completed)
 """
@@ -359,7 +359,7 @@ def test_headless_notebook_keeps_a_static_picture_of_the_dashboard(events, tmp_p
     nbformat = pytest.importorskip("nbformat")
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [nbformat.v4.new_code_cell(
-        "from thesis_lib.train import train\n"
+        "from thesis_lib import train\n"
         f"result = train({_config(events, tmp_path)!r})\n"
         "print('RESULT', result.status)")]
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}

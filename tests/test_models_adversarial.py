@@ -260,7 +260,7 @@ def test_builder_errors_name_the_keys():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from thesis_lib.train import train
+    from thesis_lib import train
 
     root = tmp_path_factory.mktemp("gan")
     data = make_synthetic_events(root / "events.h5", n_events=1500, seed=0, n_tokens=8)
@@ -320,7 +320,7 @@ def test_the_run_exports(trained):
 
 
 def test_the_run_resumes_even_from_a_checkpoint_without_the_adversarial_key(trained):
-    from thesis_lib.train import train
+    from thesis_lib import train
 
     result, config = trained
     last = Path(result.run_dir) / "last.pt"

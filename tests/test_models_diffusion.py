@@ -202,7 +202,7 @@ def test_builder_errors_name_the_keys():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from thesis_lib.train import train
+    from thesis_lib import train
 
     root = tmp_path_factory.mktemp("diffusion")
     data = make_synthetic_events(root / "events.h5", n_events=1500, seed=0, n_tokens=8)

@@ -16,7 +16,7 @@ from thesis_lib.errors import ConfigError, ModelError
 from thesis_lib.models import Autoencoder, Classifier, build_model, registry
 from thesis_lib.models.gnn import GNNEncoder
 from thesis_lib.models.gnn import default_neighbours, knn_coordinates, knn_indices
-from thesis_lib.train import train
+from thesis_lib import train
 
 NORMALIZATION = Normalization(
     cont_mean=(50.0, 30.0, 0.1, 0.05), cont_std=(40.0, 20.0, 1.5, 1.8), globals_mean=(0.0,) * 3, globals_std=(1.0,) * 3

@@ -24,21 +24,10 @@ def train(
 ) -> RunResult:
     """Train a model and leave a complete run directory at `<output_root>/runs/<run_id>/`, report included.
 
-    Args:
-        config: a Config, a nested dict, a YAML path, or None for the defaults.
-        overrides: dotted `key=value` strings or a dict applied on top of `config`.
-        dashboard: "auto" (a widget in Jupyter, full screen on a terminal, else one line per
-            epoch), "widget", "terminal", "text", None, or a Dashboard object. Its Stop ends the
-            run STOPPED (reason "stopped_by_user") with checkpoints and facts intact.
-
-    Returns:
-        RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
-        epoch and validation loss, and the test metrics of the best weights.
-
-    When the run ends (however it ends) and `report.enabled` is true, rank 0 renders
-    `<run_dir>/report/` from the run directory; a report that fails is logged, never raised.
-    Started by `torchrun --nproc_per_node=N`, every process trains its shard of each batch
-    under DistributedDataParallel and rank 0 alone writes the run directory and the report.
+    Takes what `thesis_lib.train.fit` takes (a Config, a nested dict, a YAML path or None; dotted
+    overrides; the dashboard) and returns its RunResult. When the run ends, however it ends, and
+    `report.enabled` is true, rank 0 renders `<run_dir>/report/` from the run directory; a report
+    that fails is logged in the run's log, never raised.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
