@@ -16,8 +16,9 @@ from thesis_lib.errors import ConfigError
 from thesis_lib.facts import load_runs, read_events
 from thesis_lib.reports.run_report import load_run_report
 from thesis_lib.train.distributed import DistributedContext
-from thesis_lib.train.epoch import StopRequested, run_train_epoch
+from thesis_lib.train.epoch import StopRequested, train_epoch
 from thesis_lib.train.optim import Precision
+from thesis_lib.train.sync_points import SyncPoints
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
@@ -157,8 +158,14 @@ class _Tiny(torch.nn.Module):
         return {"loss": (self.w * batch["x"]).pow(2).mean()}
 
 
+class _OneRankGroup(DistributedContext):
+    """DDP's code path with one rank: every collective is the identity."""
+
+    def all_reduce_sum(self, tensor):
+        return tensor
+
+
 def test_a_stop_under_ddp_waits_for_the_next_collective_sync_point():
-    # Identity "all-reduce": the single-rank case of the collective path.
     model, stops_asked = _Tiny(), []
     batches = [{"x": torch.ones(4), "labels": torch.zeros(4)} for _ in range(20)]
 
@@ -166,10 +173,13 @@ def test_a_stop_under_ddp_waits_for_the_next_collective_sync_point():
         stops_asked.append(1)
         return "stop" if len(stops_asked) >= 3 else "run"
 
+    def epoch(ranks):
+        hook = SyncPoints(5, control=control, distributed=ranks.enabled)
+        train_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), Precision("fp32", torch.device("cpu")),
+                    hook, device=torch.device("cpu"), names=(), ranks=ranks)
+
     with pytest.raises(StopRequested, match="after step 5"):
-        run_train_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), Precision("fp32", torch.device("cpu")),
-                        device=torch.device("cpu"), names=(), sync_every=5, control=control, reduce=lambda t: t)
+        epoch(_OneRankGroup(rank=0, world_size=2))
     with pytest.raises(StopRequested, match="after step 3"):  # one process stops at once, as before
         stops_asked.clear()
-        run_train_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.01), Precision("fp32", torch.device("cpu")),
-                        device=torch.device("cpu"), names=(), sync_every=5, control=control)
+        epoch(DistributedContext())

@@ -1,4 +1,4 @@
-"""train(): the run directory it leaves, its statuses, resume, and what survives a kill."""
+"""fit(): the run directory it leaves, its statuses, resume, `finish`, and what survives a kill."""
 
 import json
 import signal
@@ -16,7 +16,8 @@ import yaml
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.errors import CheckpointError, DataError
 from thesis_lib.facts import load_runs, read_events
-from thesis_lib.train import train
+from thesis_lib.layout import HISTORY_FILE, MODEL_FILE, MODEL_INFO_FILE, RUN_REPORT_DIR, STDOUT_LOG
+from thesis_lib.train import fit
 
 TINY_MODEL = {"encoder": "mlp", "bottleneck": "vq", "latent_dim": 8, "hidden_dim": 32, "num_layers": 1,
               "token_embed_dim": 4, "vq": {"codebook_size": 16, "code_dim": 4}}
@@ -36,7 +37,7 @@ def _config(events, tmp_path, **sections):
         "data": {"path": str(events), "batch_size": 128},
         "model": dict(TINY_MODEL),
         "trainer": {"epochs": 2, "seed": 3},
-        "report": {"enabled": False},  # rendering is tested in tests/test_train_reporting.py
+        "report": {"enabled": False},  # fit() ignores it: a report comes from `finish` (workflow.train)
     }
     for section, values in sections.items():
         if isinstance(values, dict):
@@ -51,7 +52,7 @@ def _moments(run_dir):
 
 
 def test_train_leaves_a_complete_run_directory(events, tmp_path):
-    result = train(_config(events, tmp_path))
+    result = fit(_config(events, tmp_path))
     run = Path(result.run_dir)
     assert result.status == "COMPLETED" and result.stop_reason == "max_epochs"
     assert run.parent == tmp_path / "outputs" / "runs" and run.name.startswith("run_") and "_t_" in run.name
@@ -85,10 +86,40 @@ def test_train_leaves_a_complete_run_directory(events, tmp_path):
     assert len(per_epoch[order[0]]) == 4
 
 
+def test_finish_sees_the_complete_run_directory_and_what_it_prints_is_logged(events, tmp_path):
+    seen = []
+
+    def finish(run_dir):
+        # complete: the best weights, the metadata files and the last event are all there
+        assert all((run_dir / name).is_file() for name in (MODEL_FILE, MODEL_INFO_FILE, HISTORY_FILE))
+        assert _moments(run_dir)[-1] == "on_test_end"
+        seen.append(run_dir)
+        print("finish: a report would be rendered here")
+
+    # fit() renders nothing itself, whatever report.enabled says: the caller decides through `finish`
+    result = fit(_config(events, tmp_path, trainer={"epochs": 1}, report={"enabled": True}), finish=finish)
+    assert seen == [Path(result.run_dir)] and not (Path(result.run_dir) / RUN_REPORT_DIR).exists()
+    log = (Path(result.run_dir) / STDOUT_LOG).read_text()
+    assert log.index("finish: a report would be rendered here") < log.index("COMPLETED (max_epochs) best epoch 0")
+
+
+def test_finish_runs_for_a_failed_run_before_its_error_is_raised(events, tmp_path, monkeypatch):
+    from thesis_lib.models import Autoencoder
+
+    def exploding(self, batch):
+        raise RuntimeError("model exploded")
+
+    monkeypatch.setattr(Autoencoder, "loss_and_metrics", exploding)
+    seen = []
+    with pytest.raises(RuntimeError, match="model exploded"):
+        fit(_config(events, tmp_path), finish=lambda run_dir: seen.append(_moments(run_dir)))
+    assert len(seen) == 1 and seen[0][-2:] == ["on_exception", "on_train_end"]
+
+
 def test_missing_data_file_fails_before_any_run_directory(tmp_path):
     cfg = _config(tmp_path / "nope.h5", tmp_path)
     with pytest.raises(DataError, match="nope.h5"):
-        train(cfg)
+        fit(cfg)
     assert not (tmp_path / "outputs").exists()
 
 
@@ -107,7 +138,7 @@ def test_non_finite_loss_ends_failed_with_best_weights_kept(events, tmp_path, mo
         return values
 
     monkeypatch.setattr(Autoencoder, "loss_and_metrics", poisoned)
-    result = train(_config(events, tmp_path, trainer={"epochs": 3, "sync_every_n_steps": 2}))
+    result = fit(_config(events, tmp_path, trainer={"epochs": 3, "sync_every_n_steps": 2}))
     assert result.status == "FAILED" and result.stop_reason == "non_finite_loss"
     events_ = read_events(result.run_dir)
     exc = [e for e in events_ if e["moment"] == "on_exception"]
@@ -122,7 +153,7 @@ def test_early_stopping_and_plateau_scheduler(events, tmp_path):
     cfg = _config(events, tmp_path, model={"bottleneck": "identity"},  # VQ's EMA codebook moves without the LR
                   optim={"lr": 1e-12, "scheduler": "plateau", "plateau_patience": 0, "plateau_factor": 0.5},
                   trainer={"epochs": 6, "early_stopping_patience": 2, "early_stopping_min_delta": 1.0})
-    result = train(cfg)
+    result = fit(cfg)
     assert result.status == "STOPPED" and result.stop_reason == "early_stopping"
     assert result.epochs_completed == 3
     lrs = pd.read_csv(Path(result.run_dir) / "facts" / "scalars.csv").query("split == 'train'")["lr"].tolist()
@@ -130,8 +161,8 @@ def test_early_stopping_and_plateau_scheduler(events, tmp_path):
 
 
 def test_gradient_accumulation_counts_optimizer_steps(events, tmp_path):
-    one = train(_config(events, tmp_path, trainer={"epochs": 1}))
-    two = train(_config(events, tmp_path, trainer={"epochs": 1, "grad_accum_steps": 2}))
+    one = fit(_config(events, tmp_path, trainer={"epochs": 1}))
+    two = fit(_config(events, tmp_path, trainer={"epochs": 1, "grad_accum_steps": 2}))
     steps = [read_events(r.run_dir)[1]["step"] for r in (one, two)]
     assert steps == [7, 4]  # 840 train events / 128 = 7 batches; pairs of them: 4 optimizer steps
 
@@ -143,7 +174,7 @@ def test_freezing_a_submodule_keeps_its_weights(events, tmp_path):
     from thesis_lib.train import seed_everything
 
     cfg = _config(events, tmp_path, model={"freeze": ["encoder"]})
-    result = train(cfg)
+    result = fit(cfg)
     info = json.loads((Path(result.run_dir) / "model_info.json").read_text())
     assert 0 < info["parameters"]["trainable"] < info["parameters"]["total"]
     assert info["parameters"]["trainable_pct"] < 100
@@ -158,13 +189,13 @@ def test_freezing_a_submodule_keeps_its_weights(events, tmp_path):
 
 
 def test_bf16_autocast_on_cpu(events, tmp_path):
-    result = train(_config(events, tmp_path, trainer={"epochs": 1, "precision": "bf16"}))
+    result = fit(_config(events, tmp_path, trainer={"epochs": 1, "precision": "bf16"}))
     assert result.status == "COMPLETED"
 
 
 def test_classifier_task(events, tmp_path):
     cfg = _config(events, tmp_path, model={"task": "classifier", "hidden_dim": 32, "num_layers": 1}, trainer={"epochs": 2})
-    result = train(cfg)
+    result = fit(cfg)
     assert result.status == "COMPLETED"
     assert 0.0 <= result.test_metrics["metric_accuracy"] <= 1.0
     scalars = pd.read_csv(Path(result.run_dir) / "facts" / "scalars.csv")
@@ -183,11 +214,11 @@ def test_classifier_task(events, tmp_path):
 
 def test_resume_continues_to_the_same_weights(events, tmp_path):
     model = {"dropout": 0.2}  # dropout draws from the global RNG: resume must restore it
-    full = train(_config(events, tmp_path / "a", model=model, trainer={"epochs": 3},
+    full = fit(_config(events, tmp_path / "a", model=model, trainer={"epochs": 3},
                          optim={"scheduler": "plateau"}))
-    part = train(_config(events, tmp_path / "b", model=model, trainer={"epochs": 2},
+    part = fit(_config(events, tmp_path / "b", model=model, trainer={"epochs": 2},
                          optim={"scheduler": "plateau"}))
-    resumed = train(_config(events, tmp_path / "b", model=model, optim={"scheduler": "plateau"},
+    resumed = fit(_config(events, tmp_path / "b", model=model, optim={"scheduler": "plateau"},
                             trainer={"epochs": 3, "resume_from": str(part.run_dir)}))
     assert resumed.run_dir == part.run_dir and resumed.status == "COMPLETED"
     a = torch.load(Path(full.run_dir) / "last.pt", weights_only=True)["model"]
@@ -200,28 +231,28 @@ def test_resume_continues_to_the_same_weights(events, tmp_path):
 
 
 def test_resume_refuses_a_different_model(events, tmp_path):
-    part = train(_config(events, tmp_path, trainer={"epochs": 1}))
+    part = fit(_config(events, tmp_path, trainer={"epochs": 1}))
     with pytest.raises(CheckpointError, match=r"config differs from the run's in model.latent_dim: 8 -> 16"):
-        train(_config(events, tmp_path, model={"latent_dim": 16}, trainer={"epochs": 2, "resume_from": str(part.run_dir)}))
+        fit(_config(events, tmp_path, model={"latent_dim": 16}, trainer={"epochs": 2, "resume_from": str(part.run_dir)}))
     with pytest.raises(CheckpointError, match="no last.pt there"):
-        train(_config(events, tmp_path, trainer={"resume_from": str(tmp_path)}))
+        fit(_config(events, tmp_path, trainer={"resume_from": str(tmp_path)}))
 
 
 def test_a_run_from_before_a_new_config_key_still_resumes(events, tmp_path):
-    part = train(_config(events, tmp_path, trainer={"epochs": 1}))
+    part = fit(_config(events, tmp_path, trainer={"epochs": 1}))
     last = Path(part.run_dir) / "last.pt"
     state = torch.load(last, weights_only=False)
     del state["config"]["model"]["diffusion"]  # as a checkpoint written before model.diffusion existed
     torch.save(state, last)
-    resumed = train(_config(events, tmp_path, trainer={"epochs": 2, "resume_from": str(part.run_dir)}))
+    resumed = fit(_config(events, tmp_path, trainer={"epochs": 2, "resume_from": str(part.run_dir)}))
     assert resumed.status == "COMPLETED" and resumed.epochs_completed == 2
 
 
 _CHILD = textwrap.dedent(
     """
     import sys
-    from thesis_lib.train import train
-    train({"output_root": sys.argv[2], "run_name": "child", "data": {"path": sys.argv[1], "batch_size": 16},
+    from thesis_lib.train import fit
+    fit({"output_root": sys.argv[2], "run_name": "child", "data": {"path": sys.argv[1], "batch_size": 16},
            "model": {"encoder": "transformer", "hidden_dim": 32, "num_layers": 1, "latent_dim": 8},
            "trainer": {"epochs": 10000, "sync_every_n_steps": 1}})
     """
@@ -301,7 +332,7 @@ def test_a_live_dashboard_is_refreshed_between_scheduled_syncs(events, tmp_path)
     dashboard = _CountingDashboard()
     cfg = _config(events, tmp_path, data={"path": str(events), "batch_size": 8},
                   trainer={"epochs": 1, "sync_every_n_steps": 10_000}, logging={"update_interval_ms": 10})
-    result = train(cfg, dashboard=dashboard)
+    result = fit(cfg, dashboard=dashboard)
     assert result.status == "COMPLETED"
     # no scheduled sync point in 105 steps, yet the dashboard saw fresh numbers as time passed
     assert len(dashboard.syncs) >= 2 and all(epoch == 0 for epoch, _ in dashboard.syncs)

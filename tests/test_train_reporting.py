@@ -1,4 +1,4 @@
-"""train() with its telemetry sampler and the run report rendered at the end (CPU + scripted NVML)."""
+"""fit() with its telemetry sampler (CPU + scripted NVML), and workflow.train's run report rendered at the end."""
 
 import importlib
 import json
@@ -7,12 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from thesis_lib import train
+from thesis_lib.train import fit
+from thesis_lib.workflow import train
 from thesis_lib.data import make_synthetic_events
 from thesis_lib.facts import load_runs, read_events, read_steps, read_telemetry
 from thesis_lib.telemetry import ScriptedBackend
 
-# `thesis_lib.train` the attribute is the function; the module is reached through importlib.
+# `thesis_lib.train` the attribute is workflow's function; the module is reached through importlib.
 RESOURCES = importlib.import_module("thesis_lib.train.resources")
 
 
@@ -46,7 +47,7 @@ def _scripted(fail_after=None):
 
 
 def test_cpu_run_records_cpu_telemetry_steps_and_data_wait(events, tmp_path):
-    result = train(_config(events, tmp_path))
+    result = fit(_config(events, tmp_path))
     telemetry = read_telemetry(result.run_dir)
     assert list(telemetry.columns) == ["t", "cpu_pct", "rss_mb"] and len(telemetry) >= 2
     assert (telemetry["rss_mb"] > 50).all()
@@ -64,7 +65,7 @@ def test_cpu_run_records_cpu_telemetry_steps_and_data_wait(events, tmp_path):
 def test_scripted_gpu_energy_reaches_epoch_facts(events, tmp_path, monkeypatch):
     monkeypatch.setattr(RESOURCES, "telemetry_backend", lambda device: _scripted())
     # batch 8: epochs long enough (~90 steps) to hold several 0.1 s samples each
-    result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0, "sync_every_n_steps": 4},
+    result = fit(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0, "sync_every_n_steps": 4},
                            data={"path": str(events), "batch_size": 8}))
     scalars = pd.read_csv(Path(result.run_dir) / "facts" / "scalars.csv").query("split == 'train'")
     assert (scalars["energy_j"] > 0).all()
@@ -82,7 +83,7 @@ def test_nvml_error_mid_run_keeps_training_and_facts(events, tmp_path, monkeypat
     monkeypatch.setattr(RESOURCES, "telemetry_backend", lambda device: _scripted(fail_after=3))
     with pytest.warns(UserWarning, match="GPU is lost"):
         # batch 8: a run of a second or more, so the scripted GPU fails partway through
-        result = train(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0},
+        result = fit(_config(events, tmp_path, trainer={"epochs": 3, "seed": 0},
                                data={"path": str(events), "batch_size": 8}))
     assert result.status == "COMPLETED" and result.epochs_completed == 3
     telemetry = read_telemetry(result.run_dir)

@@ -1,5 +1,6 @@
-"""The training loop: `train(config) -> RunResult`."""
+"""The training loop: `fit(config) -> RunResult`, from a config to a complete run directory."""
 
-from .loop import RunResult, seed_everything, train
+from .loop import fit
+from .run import RunResult, seed_everything
 
-__all__ = ["train", "RunResult", "seed_everything"]
+__all__ = ["fit", "RunResult", "seed_everything"]

@@ -13,6 +13,7 @@ import torch
 
 from ..version import __version__
 from ..atomic_files import atomic_write_text
+from ..layout import CONFIG_FILE, DATA_META_FILE, MODEL_FILE
 from ..models import count_parameters
 
 __all__ = ["TrainingHistory", "write_model_info"]
@@ -104,8 +105,8 @@ def write_model_info(
         "best_val_loss": best_val_loss,
         "test_metrics": test_metrics,
         "files": {
-            "weights": "model.pt (state_dict of the best epoch; torch.load(..., weights_only=True))",
-            "rebuild": "config.yaml + data_meta.json -> thesis_lib.models.build_model",
+            "weights": f"{MODEL_FILE} (state_dict of the best epoch; torch.load(..., weights_only=True))",
+            "rebuild": f"{CONFIG_FILE} + {DATA_META_FILE} -> thesis_lib.models.build_model",
         },
         "versions": {"thesis_lib": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "created": datetime.now(timezone.utc).isoformat(),

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..atomic_files import atomic_open
+from ..layout import LAST_CHECKPOINT
 
 __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state", "resolve_last_checkpoint"]
 
@@ -37,11 +38,11 @@ def resolve_last_checkpoint(resume_from: str | Path) -> Path:
     """Accept a run directory or a path to its last.pt."""
     path = Path(resume_from)
     if path.is_dir():
-        path = path / "last.pt"
+        path = path / LAST_CHECKPOINT
     if not path.is_file():
         raise CheckpointError(
-            f"trainer.resume_from={str(resume_from)!r}: no last.pt there "
-            "(give a run directory that finished at least one epoch, or its last.pt)"
+            f"trainer.resume_from={str(resume_from)!r}: no {LAST_CHECKPOINT} there "
+            f"(give a run directory that finished at least one epoch, or its {LAST_CHECKPOINT})"
         )
     return path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -102,10 +102,6 @@ class DistributedContext:
         if self.enabled:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
-
-    def reducer(self) -> Optional[Any]:
-        """all_reduce_sum when there are several ranks, else None (the single-process path stays as it was)."""
-        return self.all_reduce_sum if self.enabled else None
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value` on every rank (a picklable object)."""

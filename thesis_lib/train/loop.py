@@ -1,36 +1,38 @@
-"""`train(config) -> RunResult`: the one training loop, from config to a complete run directory.
+"""`fit(config) -> RunResult`: the one training loop, from config to a complete run directory.
 
 This module decides what surrounds a run: the resolved config, the process's place under
 torchrun, resuming, the run directory and where printed output goes. The run itself is
-`TrainingRun` (run.py).
+`TrainingRun` (run.py). The loop knows nothing of reports: a caller that wants one when the run
+ends passes `finish` (`thesis_lib.workflow.train` passes the run report's renderer).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from ..config import Config, flatten_dict, load_config
 from ..errors import CheckpointError, ConfigError
-from ..layout import create_run_dir
+from ..devices import resolve_device
+from ..layout import STDOUT_LOG, create_run_dir
 from .checkpoint import load_checkpoint, resolve_last_checkpoint
 from .distributed import DistributedContext
-from .optim import resolve_device
 from .output_capture import capture_output, silence_output
-from .run import RunResult, TrainingRun, seed_everything
+from .run import RunResult, TrainingRun
 
-__all__ = ["train", "RunResult", "seed_everything"]
+__all__ = ["fit"]
 
 # Config sections a resumed run must share with the run it continues; epochs, patience and
 # logging may change (that is what resuming is for).
 _RESUME_MUST_MATCH = ("data", "model", "optim", "trainer.seed", "trainer.precision", "trainer.grad_accum_steps")
 
 
-def train(
+def fit(
     config: Union[Config, Mapping, str, Path, None] = None,
     overrides: Union[Sequence[str], Mapping, None] = None,
     *,
     dashboard: Union[str, object, None] = "auto",
+    finish: Optional[Callable[[Path], None]] = None,
 ) -> RunResult:
     """Train a model and leave a complete run directory at `<output_root>/runs/<run_id>/`.
 
@@ -40,6 +42,11 @@ def train(
         dashboard: "auto" (a widget in Jupyter, full screen on a terminal, else one line per
             epoch), "widget", "terminal", "text", None, or a Dashboard object. Its Stop ends the
             run STOPPED (reason "stopped_by_user") with checkpoints and facts intact.
+        finish: called with the run directory once it is complete, however the run ended
+            (FAILED too, before its error is re-raised): on rank 0 only, after the dashboard is
+            closed and before the final summary line, inside the run's output capture (what it
+            prints lands in logs/stdout.log). `report.enabled` is not looked at: the caller
+            decides. An exception from it propagates; pass one that cannot fail the run.
 
     Returns:
         RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
@@ -47,7 +54,7 @@ def train(
 
     Started by `torchrun --nproc_per_node=N` (WORLD_SIZE > 1 in the environment), every process
     trains its shard of each batch under DistributedDataParallel (`data.batch_size` is per
-    process) and rank 0 alone writes the run directory and the report; see train/distributed.py.
+    process) and rank 0 alone writes the run directory and calls `finish`; see train/distributed.py.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
@@ -71,8 +78,8 @@ def train(
         if not ddp.is_main:
             with silence_output() as capture:
                 return run.execute(run_dir, run_id, capture, None)
-        with capture_output(run_dir / "logs" / "stdout.log") as capture:
-            return run.execute(run_dir, run_id, capture, dashboard)
+        with capture_output(run_dir / STDOUT_LOG) as capture:
+            return run.execute(run_dir, run_id, capture, dashboard, finish)
     finally:
         ddp.close()
 

@@ -10,19 +10,9 @@ import torch
 
 from ..config import OptimConfig
 
-__all__ = ["build_optimizer", "build_scheduler", "Precision", "resolve_device"]
+__all__ = ["build_optimizer", "build_scheduler", "Precision"]
 
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks cuda when a GPU is visible, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
-        raise ConfigError(f"trainer.device={name!r} but no CUDA device is visible; use 'auto' or 'cpu'")
-    return device
+_NO_AUTOCAST = contextlib.nullcontext()  # fp32: one reusable do-nothing context for every step
 
 
 def build_optimizer(cfg: OptimConfig, params: Iterable[torch.nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
@@ -59,5 +49,5 @@ class Precision:
 
     def autocast(self) -> ContextManager[Any]:
         if self.dtype is None:
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)

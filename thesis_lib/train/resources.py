@@ -32,7 +32,8 @@ class RunResources:
         self.sampler = self._start_sampler(cfg, csv_path, start_time) if cfg.enabled else None
 
     def _start_sampler(self, cfg: TelemetryConfig, csv_path: Path, start_time: float):
-        from ..telemetry import TelemetrySampler, nvml_indices_for_torch_devices
+        from ..telemetry import TelemetrySampler
+        from ..telemetry.backends import nvml_indices_for_torch_devices
 
         devices = None  # every device of the backend: the scripted stand-in's, or none on CPU
         if self.device.type == "cuda":

@@ -2,9 +2,11 @@
 
 `TrainingRun.setup` builds data, model and optimiser (no file written, so bad input leaves
 nothing behind); `execute` writes config, env and the start event, runs the epochs (the step is
-in epoch.py, what happens at its sync points in sync_points.py), and `_finish` leaves model.pt,
-the end and test events, model_info.json and training_history.json. `train()` (loop.py) decides
-the run directory, the process's place under torchrun and where printed output goes.
+`train_epoch` in epoch.py; what the run does at its sync points, the listeners of its one
+`SyncPoints` hook, in sync_points.py), and `_finish` leaves model.pt, the end and test events,
+model_info.json and training_history.json. Then the caller's `finish(run_dir)`, if any (the run
+report), and the one summary line. `fit()` (loop.py) decides the run directory, the process's
+place under torchrun and where printed output goes.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -27,7 +29,9 @@ import torch
 from ..config import Config
 from ..data import make_loaders
 from ..errors import NonFiniteLossError
-from ..layout import TELEMETRY_FILE
+from ..devices import resolve_device
+from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE, MODEL_INFO_FILE,
+                      TELEMETRY_FILE)
 from ..record.writer import RunWriter
 from ..record.env import collect_env
 from ..record.schema import config_hash, scalar_columns
@@ -38,12 +42,11 @@ from .artifacts import TrainingHistory, write_model_info
 from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistributedContext, NonWritingRunWriter
 from .early_stopping import EarlyStopping
-from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, run_train_epoch
-from .optim import Precision, build_optimizer, build_scheduler, resolve_device
+from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, train_epoch
+from .optim import Precision, build_optimizer, build_scheduler
 from .output_capture import CapturedOutput
-from .report_hook import render_report_fail_soft
 from .resources import RunResources
-from .sync_points import EpochSyncPoints
+from .sync_points import DashboardView, ProgressLines, StepRows, SyncPoints
 
 __all__ = ["TrainingRun", "RunResult", "seed_everything"]
 
@@ -53,7 +56,7 @@ _PROBE_ROWS = 256
 
 @dataclass
 class RunResult:
-    """What `train` returns; everything in it is also in the run directory."""
+    """What `fit` returns; everything in it is also in the run directory."""
 
     run_dir: Path
     run_id: str
@@ -79,7 +82,6 @@ class TrainingRun:
         self.cfg = cfg
         self.resume_state = resume_state
         self.ddp = ddp
-        self.reduce = ddp.reducer()  # None in one process: the single-process path stays as it was
 
     def setup(self) -> None:
         cfg, ddp = self.cfg, self.ddp
@@ -99,7 +101,6 @@ class TrainingRun:
         self.best_epoch: Optional[int] = None
         self.best_val_loss = math.inf
         self.energy_before_j = 0.0
-        self.step_rows: list[dict] = []  # steps.csv rows, buffered so the step does no I/O
         self.resources: Optional[RunResources] = None
         self.monitor: Optional[FigureMonitor] = None
         if self.resume_state is not None:
@@ -126,9 +127,11 @@ class TrainingRun:
         # Last: everything above may have drawn random numbers while being built.
         restore_rng_state(state["rng"])
 
-    def execute(self, run_dir: Path, run_id: str, capture: CapturedOutput, dashboard: Union[str, object, None]) -> RunResult:
+    def execute(self, run_dir: Path, run_id: str, capture: CapturedOutput, dashboard: Union[str, object, None],
+                finish: Optional[Callable[[Path], None]] = None) -> RunResult:
+        """Run the epochs and leave the run directory; `finish(run_dir)` once it is complete (see `fit`)."""
         cfg = self.cfg
-        self.run_dir, self.run_id = run_dir, run_id
+        self.run_dir, self.run_id, self.finish = run_dir, run_id, finish
         from ..live import make_dashboard
 
         self.capture = capture
@@ -159,7 +162,7 @@ class TrainingRun:
             writer.write_config(config_dict)
             writer.write_env({**collect_env(), "world_size": ddp.world_size})
             if ddp.is_main:
-                atomic_write_text(run_dir / "data_meta.json", json.dumps(self.meta.to_dict(), indent=2))
+                atomic_write_text(run_dir / DATA_META_FILE, json.dumps(self.meta.to_dict(), indent=2))
             writer.event(
                 "on_start",
                 config_hash=config_hash(config_dict),
@@ -182,6 +185,7 @@ class TrainingRun:
                                           energy_before_j=self.energy_before_j,
                                           local_devices=ddp.local_world_size if ddp.enabled else 1)
             self.monitor = self._figure_monitor() if ddp.is_main else None
+            self.sync = self._sync_points()
             try:
                 status, reason, error = self._fit(writer)
             finally:
@@ -202,9 +206,9 @@ class TrainingRun:
             self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
                                                    "epochs_completed": result.epochs_completed,
                                                    "total_time_s": total_time, "run_dir": str(run_dir)})
-        self._close_dashboard()  # before the report: its lines and the summary reach the console again
-        if cfg.report.enabled and ddp.is_main:
-            render_report_fail_soft(run_dir)
+        self._close_dashboard()  # before `finish`: its lines and the summary reach the console again
+        if self.finish is not None:
+            self.finish(run_dir)  # the run directory is complete; what it prints lands in logs/stdout.log
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
             raise error
@@ -239,6 +243,19 @@ class TrainingRun:
             f" data {self.loaders['train'].mode} {self.meta.split_sizes}{resumed}\n  run directory: {self.run_dir}"
         )
 
+    def _sync_points(self) -> SyncPoints:
+        """The step's one hook, and what this run does at sync points: steps.csv rows, the dashboard, progress lines."""
+        cfg, dashboard = self.cfg, self.dashboard
+        self.step_rows = StepRows(self._origin)
+        listeners: list = [self.step_rows]
+        if dashboard is not None:
+            listeners.append(DashboardView(dashboard, self._steps_per_epoch(), self.resources.latest_gpu))
+        if cfg.logging.print_every_n_steps:
+            listeners.append(ProgressLines(cfg.logging.print_every_n_steps, f"[{self.run_id}]", self._steps_per_epoch()))
+        return SyncPoints(cfg.trainer.sync_every_n_steps, grad_accum_steps=cfg.trainer.grad_accum_steps,
+                          control=dashboard.control if dashboard is not None else None,
+                          distributed=self.ddp.enabled, listeners=listeners)
+
     def _fit(self, writer: RunWriter) -> tuple[str, str, Optional[BaseException]]:
         """The epoch loop; returns (status, stop_reason, unexpected error to re-raise or None)."""
         cfg = self.cfg
@@ -267,48 +284,31 @@ class TrainingRun:
         train_loader.set_epoch(epoch)
         lr = self.optimizer.param_groups[0]["lr"]
         dashboard = self.dashboard
-        sync = EpochSyncPoints(
-            epoch=epoch, lr=lr, global_step=self.global_step, grad_accum_steps=cfg.trainer.grad_accum_steps,
-            origin=self._origin, step_rows=self.step_rows, dashboard=dashboard, latest_gpu=self.resources.latest_gpu,
-            steps_per_epoch=self._steps_per_epoch(), print_every=cfg.logging.print_every_n_steps,
-            line_prefix=f"[{run_id}]", refresh_s=cfg.logging.update_interval_ms / 1000.0,
-        )
         # A console-owning dashboard gets fresh numbers every update interval, not only every
         # sync_every_n_steps (on a slow model that could be many seconds); each costs one sync.
-        # Not under DDP: those reads would be this rank's alone, between the summed ones.
-        refreshing = dashboard is not None and dashboard.owns_console and self.reduce is None
+        # Not under DDP (SyncPoints ignores it there): those reads would be this rank's alone.
+        refreshing = dashboard is not None and dashboard.owns_console
+        self.sync.start_epoch(epoch, lr, self.global_step,
+                              refresh_s=cfg.logging.update_interval_ms / 1000.0 if refreshing else None)
         self.resources.begin_epoch()
-        train_stats = run_train_epoch(
-            self.step_model,
-            train_loader,
-            self.optimizer,
-            self.precision,
-            device=self.device,
-            names=self.names,
-            grad_accum_steps=cfg.trainer.grad_accum_steps,
-            grad_clip=cfg.optim.grad_clip,
-            sync_every=cfg.trainer.sync_every_n_steps,
-            max_steps=cfg.trainer.max_steps_per_epoch,
-            epoch=epoch,
-            on_sync=sync.on_sync,
-            control=dashboard.control if dashboard is not None else None,
-            refresh_due=sync.refresh_due if refreshing else None,
-            reduce=self.reduce,
-        )
+        train_stats = train_epoch(self.step_model, train_loader, self.optimizer, self.precision, self.sync,
+                                  device=self.device, names=self.names, ranks=self.ddp,
+                                  grad_accum_steps=cfg.trainer.grad_accum_steps, grad_clip=cfg.optim.grad_clip,
+                                  max_steps=cfg.trainer.max_steps_per_epoch, epoch=epoch)
         val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names,
-                             reduce=self.reduce)
+                             ranks=self.ddp)
         val_loss = val_stats.metrics["loss"]
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
         self.global_step += train_stats.steps
         self.samples_total += train_stats.samples
-        sync.add_step_row(self.global_step, train_stats.metrics["loss"], train_stats.samples)
+        self.step_rows.add(epoch, self.global_step, train_stats.metrics["loss"], train_stats.samples, lr)
         resources = self.resources.end_epoch(train_stats.data_wait_frac)
         improved = val_loss < self.best_val_loss
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
         if improved and self.ddp.is_main:
-            save_checkpoint(self.run_dir / "best_val.pt", {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
         if self.scheduler is not None:
             self.scheduler.step(val_loss)
         stop = self.early.step(val_loss)
@@ -352,8 +352,7 @@ class TrainingRun:
             resources=resources,
             energy_so_far_j=self.resources.energy_total_j if resources["energy_j"] is not None else None,
         )
-        writer.steps(self.step_rows)
-        self.step_rows.clear()
+        writer.steps(self.step_rows.take())
         writer.flush()
         self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
 
@@ -361,7 +360,7 @@ class TrainingRun:
         if not self.ddp.is_main:
             return
         save_checkpoint(
-            self.run_dir / "last.pt",
+            self.run_dir / LAST_CHECKPOINT,
             {
                 "run_id": self.run_id,
                 "config": self.cfg.to_dict(),
@@ -390,10 +389,10 @@ class TrainingRun:
     def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float,
                 telemetry: Optional[dict]) -> dict:
         """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
-        best_path, is_main = self.run_dir / "best_val.pt", self.ddp.is_main
+        best_path, is_main = self.run_dir / BEST_CHECKPOINT, self.ddp.is_main
         if is_main and best_path.is_file():
             best = load_checkpoint(best_path)
-            save_checkpoint(self.run_dir / "model.pt", best["model"])
+            save_checkpoint(self.run_dir / MODEL_FILE, best["model"])
         writer.event(
             "on_train_end",
             status=status,
@@ -414,21 +413,21 @@ class TrainingRun:
             best = load_checkpoint(best_path)
             self.model.load_state_dict(best["model"])
             stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names,
-                             reduce=self.reduce)
+                             ranks=self.ddp)
             test_metrics = stats.metrics
             extra = {}
             if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
                 extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
                                                               device=self.device, n_classes=self.meta.n_classes,
-                                                              reduce=self.reduce),
+                                                              ranks=self.ddp),
                          "class_names": list(self.meta.label_names)}
             writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples, **extra)
             print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
         if not is_main:
             return test_metrics
-        self.history.write(self.run_dir / "training_history.json")
+        self.history.write(self.run_dir / HISTORY_FILE)
         write_model_info(
-            self.run_dir / "model_info.json",
+            self.run_dir / MODEL_INFO_FILE,
             model=self.model,
             cfg=self.cfg,
             meta=self.meta,

@@ -1,70 +1,177 @@
-"""What happens at the sync points of one training epoch: steps.csv rows, the live dashboard, progress lines.
+"""Sync points: the training step's one hook, and what a run does at it.
 
-The step reads metrics back only at sync points (every `sync_every_n_steps`, plus, for a
-dashboard that owns the console, every `logging.update_interval_ms`); `EpochSyncPoints` is what
-`run_train_epoch` calls there. Nothing here touches the device: it gets the running means the
-step already read.
+The step reads metrics back to the host only at sync points. `SyncPoints` is the one object the
+epoch (`train_epoch`) talks to: after every step it asks `due(batch)`, "is this a sync point?";
+when it is, the epoch reads the running means (the sync) and calls `on_sync` once, which hands a
+`SyncPoint` to each of the hook's `listeners` in turn. What a run does at sync points is a
+listener, an object with `on_sync(point)`:
+
+- `StepRows`: a steps.csv row at every fixed sync point (buffered; written at the epoch's end);
+- `DashboardView`: the live dashboard's fresh numbers (it redraws when its own clock says so);
+- `ProgressLines`: a progress line every `logging.print_every_n_steps` batches.
+
+Later additions plug in the same way: a tracker mirror (TensorBoard, MLflow) or a profiler is one
+more listener appended to `listeners`; anything that wants the run to stop (a signal handler, a
+listener) calls `request_stop()`. A dashboard's Stop arrives the same way: its `control()` is
+polled in `due` after every step (its Pause blocks there, between two steps).
+
+When a step is a sync point:
+
+- every `every` batches (`trainer.sync_every_n_steps`): the fixed points. steps.csv rows come
+  from these alone, and under DDP they are the only ones: each is a collective, and ranks must
+  agree on when;
+- in one process, also every update interval for a dashboard that owns the console (so it moves
+  even when fixed points are seconds apart), and right after the step at which a stop was asked.
+  Under DDP a stop waits for the next fixed point, where it reaches every rank.
+
+Nothing here touches the device: listeners get the running means the step already read.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Protocol
 
-__all__ = ["EpochSyncPoints"]
+__all__ = ["SyncPoint", "SyncListener", "SyncPoints", "StepRows", "DashboardView", "ProgressLines"]
 
 
-class EpochSyncPoints:
-    """One epoch's sync-point handler; `step_rows` collects steps.csv rows (written at the epoch end).
+@dataclass(frozen=True)
+class SyncPoint:
+    """What a listener gets: the running means of the epoch so far, and where the run is."""
+
+    epoch: int  # from 0
+    batch: int  # batches done this epoch
+    step: int  # optimizer steps done in the run: those before the epoch + batch // grad_accum_steps
+    running: dict  # mean loss and metrics over the epoch's samples so far (over all ranks under DDP)
+    samples: int  # the samples those means cover
+    lr: float  # the epoch's learning rate (the scheduler steps at epoch ends)
+    fixed: bool  # a fixed point (every `every` batches); False: a live view's refresh or a stop
+
+
+class SyncListener(Protocol):
+    """Something done at sync points; it must not touch the device or raise into training."""
+
+    def on_sync(self, point: SyncPoint) -> None: ...
+
+
+class SyncPoints:
+    """The step's one hook: `due(batch)` after every step, `on_sync(...)` when it said yes.
 
     Args:
-        epoch: the epoch (from 0).
-        lr: its learning rate (fixed within an epoch: the scheduler steps at epoch ends).
-        global_step: optimiser steps before this epoch.
-        grad_accum_steps: micro-batches per optimiser step.
-        origin: the run's start, time.time() seconds (steps.csv's `t` counts from it).
-        step_rows: the list the rows are appended to.
-        dashboard: the live dashboard or None; `latest_gpu` gives its GPU reading.
-        steps_per_epoch: the batches this epoch will take (the dashboard's progress).
-        print_every: print a progress line every this many batches (0: never).
-        line_prefix: what progress lines start with (the run id in brackets).
-        refresh_s: a console-owning dashboard's update interval.
+        every: batches between fixed sync points (`trainer.sync_every_n_steps`).
+        grad_accum_steps: micro-batches per optimizer step (a point's `step`).
+        control: polled after every step (a dashboard's `control`); "stop" requests a stop.
+        distributed: under DDP every sync point is a collective, so only fixed points are sync
+            points: no timed refresh, and a stop waits for the next fixed point.
+        listeners: what to do at sync points, called in order.
     """
 
-    def __init__(self, *, epoch: int, lr: float, global_step: int, grad_accum_steps: int, origin: float,
-                 step_rows: list[dict], dashboard: Any, latest_gpu: Callable[[], Optional[dict]],
-                 steps_per_epoch: int, print_every: int, line_prefix: str, refresh_s: float):
-        self.epoch, self.lr, self.global_step, self.accum = epoch, lr, global_step, grad_accum_steps
-        self.origin, self.step_rows = origin, step_rows
-        self.dashboard, self.latest_gpu, self.steps_per_epoch = dashboard, latest_gpu, steps_per_epoch
-        self.print_every, self.line_prefix, self.refresh_s = print_every, line_prefix, refresh_s
-        self._covered_loss_sum = 0.0  # what the previous steps.csv row already covered
+    def __init__(self, every: int, *, grad_accum_steps: int = 1, control: Optional[Callable[[], str]] = None,
+                 distributed: bool = False, listeners: Iterable[SyncListener] = ()):
+        self.every = every
+        self.grad_accum_steps = grad_accum_steps
+        self.control = control
+        self.distributed = distributed
+        self.listeners: list[SyncListener] = list(listeners)
+        self._stop = False
+        self.start_epoch(0, 0.0, 0)
+
+    def start_epoch(self, epoch: int, lr: float, global_step: int, refresh_s: Optional[float] = None) -> None:
+        """Before each epoch: its number, learning rate, optimizer steps before it, and how often a
+        live view wants fresh numbers between fixed points (None: only at fixed points)."""
+        self.epoch, self.lr, self.global_step = epoch, lr, global_step
+        self.refresh_s = None if self.distributed else refresh_s
+        self._next_refresh = time.perf_counter() + self.refresh_s if self.refresh_s is not None else None
+        self._fixed = False
+
+    def due(self, batch: int) -> bool:
+        """Asked after every step (`batch` counted from 1 in the epoch): is this a sync point?"""
+        if self.control is not None and self.control() == "stop":
+            self._stop = True
+        self._fixed = batch % self.every == 0
+        if self._fixed:
+            return True
+        if self.distributed:
+            return False
+        return self._stop or (self._next_refresh is not None and time.perf_counter() >= self._next_refresh)
+
+    def should_stop(self) -> bool:
+        """Whether a stop was asked (read by the epoch at each sync point)."""
+        return self._stop
+
+    def request_stop(self) -> None:
+        """End the run STOPPED at the next sync point (next fixed one under DDP), checkpoints and facts kept."""
+        self._stop = True
+
+    def on_sync(self, batch: int, running: dict, samples: int) -> None:
+        """Called by the epoch at a sync point with the running means over `samples` samples."""
+        if self._next_refresh is not None:
+            self._next_refresh = time.perf_counter() + self.refresh_s
+        point = SyncPoint(self.epoch, batch, self.global_step + batch // self.grad_accum_steps, running, samples,
+                          self.lr, self._fixed)
+        for listener in self.listeners:
+            listener.on_sync(point)
+
+
+class StepRows:
+    """steps.csv rows: at every fixed sync point and at each epoch's end, the mean loss of the samples
+    since the previous row (from the running means). Buffered: the run writes `take()` at each epoch's end.
+
+    Args:
+        origin: the run's start, time.time() seconds (a row's `t` counts from it).
+    """
+
+    def __init__(self, origin: float):
+        self.origin = origin
+        self.rows: list[dict] = []
+        self._epoch: Optional[int] = None
+        self._covered_loss_sum = 0.0  # what the epoch's previous row already covered
         self._covered_samples = 0
-        self._last_print = 0
-        self._next_refresh = time.perf_counter() + refresh_s
 
-    def refresh_due(self) -> bool:
-        """True when a console-owning dashboard should get fresh numbers (one extra sync)."""
-        return time.perf_counter() >= self._next_refresh
+    def on_sync(self, point: SyncPoint) -> None:
+        if point.fixed:  # steps.csv keeps its fixed resolution
+            self.add(point.epoch, point.step, point.running["loss"], point.samples, point.lr)
 
-    def on_sync(self, batch_index: int, running: dict[str, float], samples: int, scheduled: bool) -> None:
-        """`run_train_epoch`'s callback: running means since the epoch began, over `samples` samples."""
-        self._next_refresh = time.perf_counter() + self.refresh_s
-        if scheduled:  # steps.csv keeps its fixed resolution
-            self.add_step_row(self.global_step + batch_index // self.accum, running["loss"], samples)
-        if self.dashboard is not None:
-            self.dashboard.on_sync(self.epoch, batch_index, self.steps_per_epoch, running, samples, self.lr,
-                                   self.latest_gpu())
-        if self.print_every and batch_index - self._last_print >= self.print_every:
-            self._last_print = batch_index
-            print(f"{self.line_prefix} epoch {self.epoch} step {batch_index}/{self.steps_per_epoch} "
-                  f"loss {running['loss']:.4f}")
-
-    def add_step_row(self, optimizer_step: int, mean_loss: float, samples: int) -> None:
-        """A steps.csv row: the mean loss of the samples since the previous row (from running means)."""
+    def add(self, epoch: int, step: int, mean_loss: float, samples: int, lr: float) -> None:
+        """A row for optimizer step `step` from the epoch's running mean loss over `samples` samples."""
+        if epoch != self._epoch:
+            self._epoch, self._covered_loss_sum, self._covered_samples = epoch, 0.0, 0
         total = mean_loss * samples
         if samples > self._covered_samples:
-            self.step_rows.append({"epoch": self.epoch, "step": optimizer_step, "t": time.time() - self.origin,
-                                   "loss": (total - self._covered_loss_sum) / (samples - self._covered_samples),
-                                   "lr": self.lr})
+            self.rows.append({"epoch": epoch, "step": step, "t": time.time() - self.origin,
+                              "loss": (total - self._covered_loss_sum) / (samples - self._covered_samples), "lr": lr})
         self._covered_loss_sum, self._covered_samples = total, samples
+
+    def take(self) -> list[dict]:
+        """The rows since the last call."""
+        rows, self.rows = self.rows, []
+        return rows
+
+
+class DashboardView:
+    """Hands the running numbers to the live dashboard, with the newest GPU reading."""
+
+    def __init__(self, dashboard: Any, steps_per_epoch: int, latest_gpu: Callable[[], Optional[dict]]):
+        self.dashboard, self.steps_per_epoch, self.latest_gpu = dashboard, steps_per_epoch, latest_gpu
+
+    def on_sync(self, point: SyncPoint) -> None:
+        self.dashboard.on_sync(point.epoch, point.batch, self.steps_per_epoch, point.running, point.samples, point.lr,
+                               self.latest_gpu())
+
+
+class ProgressLines:
+    """A progress line at the first sync point `every` or more batches after the epoch's previous one."""
+
+    def __init__(self, every: int, prefix: str, steps_per_epoch: int):
+        self.every, self.prefix, self.steps_per_epoch = every, prefix, steps_per_epoch
+        self._epoch: Optional[int] = None
+        self._last = 0
+
+    def on_sync(self, point: SyncPoint) -> None:
+        if point.epoch != self._epoch:
+            self._epoch, self._last = point.epoch, 0
+        if point.batch - self._last >= self.every:
+            self._last = point.batch
+            print(f"{self.prefix} epoch {point.epoch} step {point.batch}/{self.steps_per_epoch} "
+                  f"loss {point.running['loss']:.4f}")
