@@ -259,9 +259,19 @@ _CHILD = textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT handled and unblocked, whatever the test runner left behind.
+
+    A child inherits its parent's signal mask and an ignored SIGINT; a runner (or a library an
+    earlier test started) that blocks or ignores it would make Ctrl-C vanish in the child.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_child(events, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(events), str(tmp_path / "outputs")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline:
         runs = list((tmp_path / "outputs" / "runs").glob("*/facts/events.jsonl"))
