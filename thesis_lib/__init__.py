@@ -15,8 +15,10 @@ from .errors import (
     NonFiniteLossError,
     NoValidRunsError,
     ReportError,
+    RunLockedError,
     SchemaVersionError,
     ThesisLibError,
+    UnsafePathError,
 )
 from .export import export_model
 from .facts import discover_runs, load_runs
@@ -53,6 +55,8 @@ __all__ = [
     "SchemaVersionError",
     "NoValidRunsError",
     "NonFiniteLossError",
+    "RunLockedError",
+    "UnsafePathError",
     "CheckpointError",
     "ReportError",
 ]

@@ -16,6 +16,8 @@ __all__ = [
     "NonFiniteLossError",
     "CheckpointError",
     "ReportError",
+    "RunLockedError",
+    "UnsafePathError",
     "did_you_mean",
 ]
 
@@ -58,6 +60,14 @@ class CheckpointError(ThesisLibError):
 
 class ReportError(ThesisLibError):
     """A report could not be rendered; the message names the run (or template) and the failing step."""
+
+
+class RunLockedError(FactsError):
+    """Another live process holds the run directory's lock; the message names it (pid, host, start, job)."""
+
+
+class UnsafePathError(FactsError):
+    """A path inside a run directory is a link (or leads) out of it; the message names the path."""
 
 
 def did_you_mean(name: object, allowed: Iterable[object]) -> Optional[str]:

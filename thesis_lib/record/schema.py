@@ -1,4 +1,4 @@
-"""Facts schema, version 1: the event moments, run statuses and the fixed scalars header.
+"""Facts schema, version 2: the event moments, run statuses and the fixed scalars header.
 
 Writers and readers both import these names, so the on-disk contract lives in one place.
 A reader accepts every `schema_version` up to `SCHEMA_VERSION` and refuses a newer one.
@@ -15,6 +15,7 @@ from ..errors import FactsError
 __all__ = [
     "SCHEMA_VERSION",
     "MOMENTS",
+    "INCIDENT_PARTS",
     "STATUSES",
     "BASE_SCALAR_COLUMNS",
     "TAIL_SCALAR_COLUMNS",
@@ -24,9 +25,18 @@ __all__ = [
     "config_hash",
 ]
 
-SCHEMA_VERSION = 1
+# Version 2 added `on_incident` and the skipped test pass (`on_test_end` with `skipped`, no
+# `metrics`); a metric measured over zero samples is left out, never written as 0.0.
+SCHEMA_VERSION = 2
 
-MOMENTS = ("on_start", "on_epoch_end", "on_train_end", "on_test_end", "on_exception")
+# on_incident: a part of the run that is not its numbers failed and the run went on: fields
+# `part` (one of INCIDENT_PARTS), `message` (the OS or library error text), `path` (the file being
+# written, when there is one), `error_type`. It may follow on_train_end: a report that fails after
+# the run ended is recorded as one, and it never changes the run's status.
+MOMENTS = ("on_start", "on_epoch_end", "on_train_end", "on_test_end", "on_exception", "on_incident")
+
+INCIDENT_PARTS = ("console", "stdout_log", "figures", "report", "telemetry", "checkpoint", "disk", "lock",
+                  "signal", "history", "model_info", "dashboard")
 
 # RUNNING and CRASHED are never written: the reader derives them from a missing end event.
 STATUSES = ("COMPLETED", "STOPPED", "FAILED", "RUNNING", "CRASHED")
