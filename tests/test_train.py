@@ -303,10 +303,10 @@ def test_ctrl_c_stops_with_checkpoints_and_facts(events, tmp_path):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out.decode()
     runs_df, _, _ = load_runs(run_dirs=[str(run_dir)])
-    assert runs_df.iloc[0]["status"] == "STOPPED" and runs_df.iloc[0]["stop_reason"] == "interrupted"
+    assert runs_df.iloc[0]["status"] == "STOPPED" and runs_df.iloc[0]["stop_reason"] == "signal: SIGINT"
     for name in ("last.pt", "best_val.pt", "model.pt"):
         assert (run_dir / name).is_file()
-    assert "interrupted" in (run_dir / "logs" / "stdout.log").read_text()
+    assert "SIGINT received" in (run_dir / "logs" / "stdout.log").read_text()
 
 
 class _CountingDashboard:

@@ -118,5 +118,8 @@ def test_report_failure_never_fails_the_run(events, tmp_path, monkeypatch):
     result = train(_config(events, tmp_path, report={"enabled": True}, trainer={"epochs": 1, "seed": 0}))
     assert result.status == "COMPLETED"
     log = (Path(result.run_dir) / "logs" / "stdout.log").read_text()
-    assert "warning: report not rendered" in log and "template exploded" in log
+    assert "warning: report: report not rendered" in log and "template exploded" in log
+    incidents = [e for e in map(json.loads, (Path(result.run_dir) / "facts" / "events.jsonl").read_text().splitlines())
+                 if e["moment"] == "on_incident"]
+    assert [(i["part"], i["error_type"]) for i in incidents] == [("report", "RuntimeError")]
     json.loads((Path(result.run_dir) / "model_info.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -19,6 +20,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .workflow import train
 
     result = train(args.config, args.overrides)
+    if result.stop_signal is not None:
+        return 128 + result.stop_signal  # what a shell, SLURM and HTCondor read as "ended by this signal"
     return 0 if result.status in ("COMPLETED", "STOPPED") else 1
 
 
@@ -306,6 +309,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ThesisLibError as exc:
         print(f"thesis-lib {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        _drop_a_closed_console()
+
+
+def _drop_a_closed_console() -> None:
+    """When the reader of stdout went away (`thesis-lib train | head -1`), point stdout at /dev/null.
+
+    The run has already noted the loss in its log; without this, Python's flush at exit would
+    print a BrokenPipeError traceback and change the exit status (the recipe of Python's own
+    documentation on SIGPIPE).
+    """
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Mapping, Sequence, Union
 
 from .config import Config, load_config
+from .errors import ReportError
 from .train import RunResult, fit
 
-__all__ = ["train", "render_report_fail_soft"]
+__all__ = ["train", "render_run_report_for"]
 
 
 def train(
@@ -27,7 +28,7 @@ def train(
     Takes what `thesis_lib.train.fit` takes (a Config, a nested dict, a YAML path or None; dotted
     overrides; the dashboard) and returns its RunResult. When the run ends, however it ends, and
     `report.enabled` is true, rank 0 renders `<run_dir>/report/` from the run directory; a report
-    that fails is logged in the run's log, never raised.
+    that fails is recorded in the run's facts (on_incident) and log, never raised.
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
@@ -36,24 +37,35 @@ def train(
         the run ends FAILED.
     """
     cfg = load_config(config, overrides)
-    return fit(cfg, dashboard=dashboard, finish=render_report_fail_soft if cfg.report.enabled else None)
+    return fit(cfg, dashboard=dashboard, finish=render_run_report_for if cfg.report.enabled else None)
 
 
-def render_report_fail_soft(run_dir: Path) -> None:
-    """Render report/ for the run; a failure is printed (and so logged), never raised."""
+def render_run_report_for(run_dir: Path) -> None:
+    """Render report/ for the run: HTML and Markdown, or Markdown alone where papermill/nbconvert are missing.
+
+    Raises:
+        ReportError: the report could not be rendered (the message names the run and the step).
+            `fit` records it as an on_incident of part "report" after on_train_end; the run's
+            status and model.pt are already written and stay as they are.
+    """
+    from .reports import render_run_report
+
     try:
-        from .reports import render_run_report
-
         paths = render_run_report(run_dir)
         print(f"report: {paths.get('html') or paths.get('markdown')}")
+        return
     except ImportError as exc:
-        # Machines without papermill/nbconvert (a bare GPU image): the Markdown report alone.
-        try:
-            from .reports import write_run_report_markdown
+        missing = exc.name or str(exc)
+    except ReportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the run records it as its report's failure
+        raise ReportError(f"report not rendered for {run_dir}: {type(exc).__name__}: {exc}") from exc
+    # Machines without papermill/nbconvert (a bare GPU image): the Markdown report alone.
+    from .reports import write_run_report_markdown
 
-            paths = write_run_report_markdown(run_dir)
-            print(f"report (Markdown only, {exc.name or exc} missing): {paths.get('markdown')}")
-        except Exception as inner:  # noqa: BLE001 - fail-soft by contract
-            print(f"warning: report not rendered for {run_dir}: {type(inner).__name__}: {inner}")
-    except Exception as exc:  # noqa: BLE001 - a report failure must never fail the run
-        print(f"warning: report not rendered for {run_dir}: {type(exc).__name__}: {exc}")
+    try:
+        paths = write_run_report_markdown(run_dir)
+    except Exception as exc:  # noqa: BLE001
+        raise ReportError(f"report not rendered for {run_dir} (Markdown only, {missing} missing): "
+                          f"{type(exc).__name__}: {exc}") from exc
+    print(f"report (Markdown only, {missing} missing): {paths.get('markdown')}")

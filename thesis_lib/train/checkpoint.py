@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,24 @@ __all__ = ["save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_r
 
 
 def save_checkpoint(path: Path, payload: dict) -> Path:
-    """torch.save `payload` atomically: a run killed mid-write leaves the previous checkpoint whole."""
-    with atomic_open(path) as handle:
-        torch.save(payload, handle)
+    """torch.save `payload` atomically: a run killed mid-write leaves the previous checkpoint whole.
+
+    The checkpoint is serialised in memory first and written with plain file writes, so that a
+    full disk surfaces as the operating system's own error ("[Errno 28] No space left on
+    device") and not as torch's "enforce fail at inline_container.cc ... unexpected pos".
+
+    Raises:
+        CheckpointError: the file could not be written; the message names the path and the OS
+            error, which is also the exception's __cause__.
+    """
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        with atomic_open(path) as handle:
+            handle.write(buffer.getbuffer())
+    except OSError as exc:
+        text = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+        raise CheckpointError(f"could not write checkpoint {path}: {text}") from exc
     return Path(path)
 
 

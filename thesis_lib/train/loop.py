@@ -8,13 +8,15 @@ ends passes `finish` (`thesis_lib.workflow.train` passes the run report's render
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 from ..config import Config, flatten_dict, load_config
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, RunLockedError
 from ..devices import resolve_device
 from ..layout import STDOUT_LOG, create_run_dir
+from ..run_lock import hold_run_lock
 from .checkpoint import load_checkpoint, resolve_last_checkpoint
 from .distributed import DistributedContext
 from .output_capture import capture_output, silence_output
@@ -46,11 +48,17 @@ def fit(
             (FAILED too, before its error is re-raised): on rank 0 only, after the dashboard is
             closed and before the final summary line, inside the run's output capture (what it
             prints lands in logs/stdout.log). `report.enabled` is not looked at: the caller
-            decides. An exception from it propagates; pass one that cannot fail the run.
+            decides. An exception from it is recorded (on_incident, part "report" for a
+            ReportError, else "finish") and printed, never raised: the run has ended.
 
     Returns:
         RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
         epoch and validation loss, and the test metrics of the best weights.
+
+    SIGTERM, SIGINT (Ctrl-C) and SIGUSR1 stop the run after its current step: last.pt, model.pt
+    and on_train_end STOPPED with stop_reason "signal: SIGTERM" (and RunResult.stop_signal);
+    a second signal stops it at once, and none can interrupt the writing of its ending. Off the
+    main thread see `thesis_lib.train.signals.install_stop_handlers`.
 
     Started by `torchrun --nproc_per_node=N` (WORLD_SIZE > 1 in the environment), every process
     trains its shard of each batch under DistributedDataParallel (`data.batch_size` is per
@@ -58,30 +66,56 @@ def fit(
 
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
+        RunLockedError: another live process writes the run to resume (thesis_lib.run_lock); the
+            message names it (pid, host, start, job, what it does). Nothing was read or written.
         Any unexpected exception during training is recorded (on_exception, status FAILED,
         checkpoints kept) and then re-raised. A NaN/inf loss does not raise: the run ends FAILED.
     """
     cfg = load_config(config, overrides)
     ddp = DistributedContext.from_env(resolve_device(cfg.trainer.device))
     try:
-        resume_state = None
-        if cfg.trainer.resume_from:
-            last_path = resolve_last_checkpoint(cfg.trainer.resume_from)
-            resume_state = load_checkpoint(last_path)
-            _check_resume_compatible(cfg, resume_state, last_path)
-        run = TrainingRun(cfg, resume_state, ddp)
-        run.setup()
-        if resume_state is not None:
-            run_dir, run_id = last_path.parent, resume_state["run_id"]
-        else:
-            run_dir, run_id = ddp.broadcast(create_run_dir(cfg.output_root, cfg.run_name) if ddp.is_main else None)
-        if not ddp.is_main:
-            with silence_output() as capture:
-                return run.execute(run_dir, run_id, capture, None)
-        with capture_output(run_dir / STDOUT_LOG) as capture:
-            return run.execute(run_dir, run_id, capture, dashboard, finish)
+        # The run directory's writer lock (run_lock.py), on rank 0, from the directory's creation
+        # or the resume until fit returns, `finish` included: a second process resuming the same
+        # run is refused before it has read the checkpoint or written anything.
+        with contextlib.ExitStack() as held:
+            resume_state, notes = None, []
+            if cfg.trainer.resume_from:
+                last_path = resolve_last_checkpoint(cfg.trainer.resume_from)
+                notes = _hold_writer_lock(held, ddp, last_path.parent, "resuming training (fit)")
+                resume_state = load_checkpoint(last_path)
+                _check_resume_compatible(cfg, resume_state, last_path)
+            run = TrainingRun(cfg, resume_state, ddp)
+            run.setup()
+            if resume_state is not None:
+                run_dir, run_id = last_path.parent, resume_state["run_id"]
+            else:
+                run_dir, run_id = ddp.broadcast(create_run_dir(cfg.output_root, cfg.run_name) if ddp.is_main else None)
+                notes = _hold_writer_lock(held, ddp, run_dir, "training (fit)")
+            if not ddp.is_main:
+                with silence_output() as capture:
+                    return run.execute(run_dir, run_id, capture, None)
+            with capture_output(run_dir / STDOUT_LOG) as capture:
+                for note in notes:  # a stale lock taken over: said in the run's log
+                    print(f"[{run_id}] run lock: {note}")
+                return run.execute(run_dir, run_id, capture, dashboard, finish)
     finally:
         ddp.close()
+
+
+def _hold_writer_lock(held: contextlib.ExitStack, ddp: DistributedContext, run_dir: Path, purpose: str) -> list:
+    """Rank 0 takes the run's writer lock into `held`; a refusal is raised on every rank. Returns the takeover notes."""
+    refusal, notes = None, []
+    if ddp.is_main:
+        try:
+            notes = held.enter_context(hold_run_lock(run_dir, purpose)).notes
+        except RunLockedError as exc:
+            if not ddp.enabled:
+                raise
+            refusal = str(exc)
+    refusal = ddp.broadcast(refusal) if ddp.enabled else refusal
+    if refusal is not None:  # under torchrun: every rank stops, none waits in a collective
+        raise RunLockedError(refusal)
+    return notes
 
 
 def _check_resume_compatible(cfg: Config, state: Mapping, path: Path) -> None:

@@ -6,13 +6,19 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Iterator, Optional, TextIO
 
 __all__ = ["capture_output", "silence_output", "CapturedOutput"]
 
 
 class _Tee:
-    """A text stream that writes to the original stream and to the run's log file."""
+    """A text stream that writes to the original stream and to the run's log file.
+
+    Neither side may kill the run: a console that goes away (`thesis-lib train | head`, a closed
+    terminal, a notebook whose kernel lost its client) is dropped with one note in the log, and
+    a log that cannot be written (a full disk) is dropped with one note on the console. Each
+    loss is kept in `capture.incidents` for the run to record in its facts.
+    """
 
     def __init__(self, original: TextIO, log: TextIO, capture: "CapturedOutput"):
         self._original = original
@@ -20,18 +26,35 @@ class _Tee:
         self._capture = capture
 
     def write(self, text: str) -> int:
-        if self._capture.echo:
-            self._original.write(text)
-        try:
-            self._log.write(text)
-        except ValueError:  # the log was closed under us (e.g. a thread printing after the run)
-            pass
+        capture = self._capture
+        if capture.echo and not capture.console_lost:
+            try:
+                self._original.write(text)
+            except (OSError, ValueError) as exc:  # EPIPE, EIO, a closed stream
+                capture.lose_console(exc)
+        if not capture.log_lost:
+            try:
+                self._log.write(text)
+            except ValueError:  # the log was closed under us (e.g. a thread printing after the run)
+                pass
+            except OSError as exc:  # ENOSPC, EIO, EDQUOT
+                capture.lose_log(exc)
         return len(text)
 
     def flush(self) -> None:
-        self._original.flush()
-        with contextlib.suppress(ValueError):
-            self._log.flush()
+        capture = self._capture
+        if not capture.console_lost:
+            try:
+                self._original.flush()
+            except (OSError, ValueError) as exc:
+                capture.lose_console(exc)
+        if not capture.log_lost:
+            try:
+                self._log.flush()
+            except ValueError:
+                pass
+            except OSError as exc:
+                capture.lose_log(exc)
 
     def isatty(self) -> bool:
         return getattr(self._original, "isatty", lambda: False)()
@@ -45,12 +68,54 @@ class CapturedOutput:
     """The capture's handle: where the log is, and whether printed text also reaches the console.
 
     A dashboard that owns the console (full-screen terminal, notebook widget) turns `echo` off:
-    the lines still go to the log, but no longer scribble over the dashboard.
+    the lines still go to the log, but no longer scribble over the dashboard. `incidents` holds
+    what was lost on the way (the console, the log), as on_incident payloads the run takes with
+    `take_incidents()` and writes to its facts.
     """
 
     def __init__(self, log_path: Path):
         self.log_path = log_path
         self.echo = True
+        self.console_lost = False
+        self.log_lost = False
+        self.incidents: list[dict] = []
+        self._log: Optional[TextIO] = None
+        self._console: Optional[TextIO] = None
+
+    def lose_console(self, exc: BaseException) -> None:
+        """The console went away: from now on printed text reaches the log alone."""
+        if self.console_lost:
+            return
+        self.console_lost = True
+        message = f"the console went away ({type(exc).__name__}: {exc}); output continues in {self.log_path} only"
+        self.incidents.append({"part": "console", "message": message, "error_type": type(exc).__name__})
+        if self._log is not None and not self.log_lost:
+            with contextlib.suppress(OSError, ValueError):
+                self._log.write(f"[thesis-lib] {message}\n")
+
+    def lose_log(self, exc: BaseException) -> None:
+        """The log cannot be written: printed text reaches the console alone."""
+        if self.log_lost:
+            return
+        self.log_lost = True
+        message = f"could not write {self.log_path}: {_os_error_text(exc)}; the rest of the output goes to the console only"
+        self.incidents.append({"part": "stdout_log", "message": message, "path": str(self.log_path),
+                               "error_type": type(exc).__name__})
+        if self._console is not None and not self.console_lost:
+            with contextlib.suppress(OSError, ValueError):
+                self._console.write(f"[thesis-lib] warning: {message}\n")
+
+    def take_incidents(self) -> list[dict]:
+        """The incidents since the last call."""
+        taken, self.incidents = self.incidents, []
+        return taken
+
+
+def _os_error_text(exc: BaseException) -> str:
+    """"[Errno 28] No space left on device" for an OSError; type and message otherwise."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @contextlib.contextmanager
@@ -60,13 +125,16 @@ def capture_output(log_path: Path) -> Iterator[CapturedOutput]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     capture = CapturedOutput(log_path)
     # Line buffering: a killed run keeps every complete line it printed.
-    with open(log_path, "a", buffering=1, encoding="utf-8") as log:
-        old_out, old_err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(old_out, log, capture), _Tee(old_err, log, capture)
-        try:
-            yield capture
-        finally:
-            sys.stdout, sys.stderr = old_out, old_err
+    log = open(log_path, "a", buffering=1, encoding="utf-8")
+    old_out, old_err = sys.stdout, sys.stderr
+    capture._log, capture._console = log, old_err
+    sys.stdout, sys.stderr = _Tee(old_out, log, capture), _Tee(old_err, log, capture)
+    try:
+        yield capture
+    finally:
+        sys.stdout, sys.stderr = old_out, old_err
+        with contextlib.suppress(OSError):  # a full disk refusing the last flush must not replace the run's outcome
+            log.close()
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ place under torchrun and where printed output goes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,7 +29,7 @@ import torch
 
 from ..config import Config
 from ..data import make_loaders
-from ..errors import NonFiniteLossError
+from ..errors import CheckpointError, NonFiniteLossError, ReportError
 from ..devices import resolve_device
 from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE, MODEL_INFO_FILE,
                       TELEMETRY_FILE)
@@ -46,6 +47,7 @@ from .epoch import EpochStats, StopRequested, confusion_matrix, evaluate, train_
 from .optim import Precision, build_optimizer, build_scheduler
 from .output_capture import CapturedOutput
 from .resources import RunResources
+from .signals import RunStopSignals, SignalStop, stop_signals_reach
 from .sync_points import DashboardView, ProgressLines, StepRows, SyncPoints
 
 __all__ = ["TrainingRun", "RunResult", "seed_everything"]
@@ -66,6 +68,7 @@ class RunResult:
     best_val_loss: Optional[float]
     test_metrics: dict = field(default_factory=dict)
     epochs_completed: int = 0
+    stop_signal: Optional[int] = None  # the signal that stopped the run (the CLI exits 128 + it)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,15 +138,24 @@ class TrainingRun:
         from ..live import make_dashboard
 
         self.capture = capture
+        self.sync: Optional[SyncPoints] = None
+        self.signals = RunStopSignals(on_stop=self._request_stop)
+        self._monitor_warnings_recorded = 0
         # A dashboard that switches itself off after an error hands the console back.
         self.dashboard = make_dashboard(dashboard, update_interval_ms=cfg.logging.update_interval_ms,
                                         on_disable=lambda: setattr(capture, "echo", True))
         try:
             if self.dashboard is not None and self.dashboard.owns_console:
                 capture.echo = False  # the lines still reach logs/stdout.log
-            return self._execute(run_dir, run_id)
+            with stop_signals_reach(self.signals):
+                return self._execute(run_dir, run_id)
         finally:
             self._close_dashboard()
+
+    def _request_stop(self) -> None:
+        """A stop signal's first effect: the step stops at the next sync point (set before the loop starts too)."""
+        if self.sync is not None:
+            self.sync.request_stop()
 
     def _close_dashboard(self) -> None:
         """Restore the console (terminal screen, echo of printed lines); safe to call twice."""
@@ -189,30 +201,81 @@ class TrainingRun:
             try:
                 status, reason, error = self._fit(writer)
             finally:
+                self.signals.phase = "finishing"
                 telemetry = self.resources.stop()
             total_time = time.time() - started
             test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
-        result = RunResult(
-            run_dir=run_dir,
-            run_id=run_id,
-            status=status,
-            stop_reason=reason,
-            best_epoch=self.best_epoch,
-            best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
-            test_metrics=test_metrics,
-            epochs_completed=len(self.history.epochs),
-        )
-        if self.dashboard is not None:
-            self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
-                                                   "epochs_completed": result.epochs_completed,
-                                                   "total_time_s": total_time, "run_dir": str(run_dir)})
-        self._close_dashboard()  # before `finish`: its lines and the summary reach the console again
-        if self.finish is not None:
-            self.finish(run_dir)  # the run directory is complete; what it prints lands in logs/stdout.log
+            result = RunResult(
+                run_dir=run_dir,
+                run_id=run_id,
+                status=status,
+                stop_reason=reason,
+                best_epoch=self.best_epoch,
+                best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+                test_metrics=test_metrics,
+                epochs_completed=len(self.history.epochs),
+                stop_signal=self.signals.signum if reason == self.signals.stop_reason else None,
+            )
+            if self.dashboard is not None:
+                self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
+                                                       "epochs_completed": result.epochs_completed,
+                                                       "total_time_s": total_time, "run_dir": str(run_dir)})
+            self._close_dashboard()  # before `finish`: its lines and the summary reach the console again
+            if self.finish is not None:
+                self._run_finish(writer)
+            self._record_incidents(writer)
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
             raise error
         return result
+
+    def _run_finish(self, writer: RunWriter) -> None:
+        """The caller's `finish(run_dir)` (the run report); its failure is recorded, never raised: the run has ended."""
+        try:
+            writer.flush()
+            self.finish(self.run_dir)  # the run directory is complete; what it prints lands in logs/stdout.log
+        except Exception as exc:  # noqa: BLE001 - what comes after the run's ending cannot change its outcome
+            if isinstance(exc, ReportError):
+                self._incident(writer, "report", str(exc), error_type=type(exc.__cause__ or exc).__name__)
+            else:
+                self._incident(writer, "finish", f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
+
+    def _incident(self, writer: RunWriter, part: str, message: str, *, path: Optional[Path] = None,
+                  error_type: Optional[str] = None) -> None:
+        """Print and record (on_incident) a part of the run that failed while the run went on."""
+        print(f"[{self.run_id}] warning: {part}: {message}")
+        payload = {"part": part, "message": message}
+        if path is not None:
+            payload["path"] = str(path)
+        if error_type is not None:
+            payload["error_type"] = error_type
+        self._write_event(writer, "on_incident", **payload)
+
+    def _write_event(self, writer: RunWriter, moment: str, **payload) -> bool:
+        """writer.event, but a fact that cannot be written (a full disk) is said on the console, not raised."""
+        try:
+            writer.event(moment, **payload)
+            return True
+        except OSError as exc:
+            path = getattr(exc, "filename", None) or getattr(writer, "events_path", "facts/events.jsonl")
+            print(f"[{self.run_id}] warning: could not write {moment} to {path}: {_os_error_text(exc)}")
+            return False
+
+    def _record_incidents(self, writer: RunWriter) -> None:
+        """What went wrong on the way since the last call: the console or log lost, figures switched
+        off, signals noted while finishing; printed (signal notes) and recorded as on_incident."""
+        for note in self.signals.take_notes():
+            print(f"[{self.run_id}] {note}")
+            if self.signals.phase == "finishing":
+                self._write_event(writer, "on_incident", part="signal", message=note)
+        for incident in self.capture.take_incidents():
+            self._write_event(writer, "on_incident", **incident)
+        if self.monitor is not None:
+            fresh = self.monitor.warnings[self._monitor_warnings_recorded:]
+            self._monitor_warnings_recorded += len(fresh)
+            for message in fresh:
+                self._write_event(writer, "on_incident", part="figures", message=message,
+                                  path=str(self.monitor.figures_dir))
 
     def _dashboard_info(self) -> dict:
         cfg = self.cfg
@@ -258,22 +321,41 @@ class TrainingRun:
 
     def _fit(self, writer: RunWriter) -> tuple[str, str, Optional[BaseException]]:
         """The epoch loop; returns (status, stop_reason, unexpected error to re-raise or None)."""
-        cfg = self.cfg
+        cfg, signals = self.cfg, self.signals
+        if signals.signum is not None:  # a signal arrived before the first step
+            self.sync.request_stop()
         try:
             for epoch in range(self.start_epoch, cfg.trainer.epochs):
+                # One process: a signal that came during validation or the epoch's writes stops here.
+                # Under DDP it waits for the next epoch's first fixed sync point, where every rank learns it.
+                if signals.signum is not None and not self.ddp.enabled:
+                    self._record_incidents(writer)
+                    return "STOPPED", signals.stop_reason, None
+                signals.phase = "training"
                 stop = self._run_epoch(writer, epoch)
                 if stop:
                     return "STOPPED", "early_stopping", None
             return "COMPLETED", "max_epochs", None
+        except SignalStop:
+            self._record_incidents(writer)
+            print(f"[{self.run_id}] {signals.stop_reason} (twice): stopped at once, writing facts and model.pt")
+            return "STOPPED", signals.stop_reason, None
         except KeyboardInterrupt:
             print(f"[{self.run_id}] interrupted: writing facts and checkpoints")
             return "STOPPED", "interrupted", None
         except StopRequested as exc:
+            self._record_incidents(writer)
+            if signals.signum is not None:
+                print(f"[{self.run_id}] stopped by {signals.stop_reason}: writing facts and checkpoints")
+                return "STOPPED", signals.stop_reason, None
             print(f"[{self.run_id}] {exc}: writing facts and checkpoints")
             return "STOPPED", "stopped_by_user", None
         except NonFiniteLossError as exc:
             self._record_exception(writer, exc)
             return "FAILED", "non_finite_loss", None
+        except CheckpointError as exc:  # a checkpoint could not be written (a full disk): not a bug to re-raise
+            self._record_exception(writer, exc)
+            return "FAILED", f"exception: {type(exc).__name__}", None
         except Exception as exc:
             self._record_exception(writer, exc)
             return "FAILED", f"exception: {type(exc).__name__}", exc
@@ -297,6 +379,7 @@ class TrainingRun:
                                   max_steps=cfg.trainer.max_steps_per_epoch, epoch=epoch)
         val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names,
                              ranks=self.ddp)
+        self.signals.phase = "writing"  # from here a second signal waits for the epoch's facts to be whole
         val_loss = val_stats.metrics["loss"]
         if not math.isfinite(val_loss):
             raise NonFiniteLossError(f"validation loss became {val_loss} in epoch {epoch}")
@@ -305,10 +388,12 @@ class TrainingRun:
         self.step_rows.add(epoch, self.global_step, train_stats.metrics["loss"], train_stats.samples, lr)
         resources = self.resources.end_epoch(train_stats.data_wait_frac)
         improved = val_loss < self.best_val_loss
+        if improved and self.ddp.is_main:
+            # Written before best_epoch moves: if it cannot be (a full disk), the recorded best stays
+            # the one whose weights are on disk.
+            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
         if improved:
             self.best_val_loss, self.best_epoch = val_loss, epoch
-        if improved and self.ddp.is_main:
-            save_checkpoint(self.run_dir / BEST_CHECKPOINT, {"model": self.model.state_dict(), "epoch": epoch, "val_loss": val_loss})
         if self.scheduler is not None:
             self.scheduler.step(val_loss)
         stop = self.early.step(val_loss)
@@ -353,6 +438,7 @@ class TrainingRun:
             energy_so_far_j=self.resources.energy_total_j if resources["energy_j"] is not None else None,
         )
         writer.steps(self.step_rows.take())
+        self._record_incidents(writer)
         writer.flush()
         self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
 
@@ -383,17 +469,25 @@ class TrainingRun:
 
     def _record_exception(self, writer: RunWriter, exc: BaseException) -> None:
         tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-8:])
-        writer.event("on_exception", error_type=type(exc).__name__, message=str(exc), traceback=tail)
         print(f"[{self.run_id}] {type(exc).__name__}: {exc}")
+        self._write_event(writer, "on_exception", error_type=type(exc).__name__, message=str(exc), traceback=tail)
 
     def _finish(self, writer: RunWriter, status: str, reason: str, error: Optional[BaseException], total_time: float,
                 telemetry: Optional[dict]) -> dict:
-        """model.pt (the best weights), on_train_end, the test pass, model_info.json, training_history.json."""
+        """model.pt (the best weights) and on_train_end first; then the test pass, model_info.json,
+        training_history.json and the final figures, each of which may fail without taking the
+        others (or the run's outcome) with it: a failure is recorded as on_incident."""
         best_path, is_main = self.run_dir / BEST_CHECKPOINT, self.ddp.is_main
+        best = None
         if is_main and best_path.is_file():
-            best = load_checkpoint(best_path)
-            save_checkpoint(self.run_dir / MODEL_FILE, best["model"])
-        writer.event(
+            try:
+                best = load_checkpoint(best_path)
+                save_checkpoint(self.run_dir / MODEL_FILE, best["model"])
+            except CheckpointError as exc:
+                self._incident(writer, "checkpoint", f"{exc}; best_val.pt holds the best weights",
+                               path=self.run_dir / MODEL_FILE, error_type=type(exc.__cause__ or exc).__name__)
+        self._write_event(
+            writer,
             "on_train_end",
             status=status,
             stop_reason=reason,
@@ -405,28 +499,24 @@ class TrainingRun:
             total_time_s=total_time,
             telemetry=telemetry,
         )
-        writer.flush()
+        with contextlib.suppress(OSError):
+            writer.flush()
         test_metrics: dict = {}
         # best_epoch, not the file, decides: every rank knows it (validation losses are summed over ranks).
         if self.cfg.trainer.test and error is None and self.best_epoch is not None and "test" in self.loaders:
-            self.ddp.barrier()  # under DDP: rank 0 has written best_val.pt
-            best = load_checkpoint(best_path)
-            self.model.load_state_dict(best["model"])
-            stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names,
-                             ranks=self.ddp)
-            test_metrics = stats.metrics
-            extra = {}
-            if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
-                extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
-                                                              device=self.device, n_classes=self.meta.n_classes,
-                                                              ranks=self.ddp),
-                         "class_names": list(self.meta.label_names)}
-            writer.event("on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples, **extra)
-            print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
+            if self.signals.signum is not None:
+                # A batch system's signal leaves seconds before the kill: model.pt and the facts are
+                # safe; the test pass is recorded as skipped rather than raced against SIGKILL.
+                skipped = (f"stopped by {self.signals.stop_reason}; thesis_lib.reports.run_inference(run_dir) "
+                           "scores model.pt on the test split")
+                self._write_event(writer, "on_test_end", skipped=skipped, epoch=self.best_epoch, samples=0)
+            else:
+                test_metrics = self._test_pass(writer, best_path)
         if not is_main:
             return test_metrics
-        self.history.write(self.run_dir / HISTORY_FILE)
-        write_model_info(
+        self._optional(writer, "history", self.run_dir / HISTORY_FILE,
+                       lambda: self.history.write(self.run_dir / HISTORY_FILE))
+        self._optional(writer, "model_info", self.run_dir / MODEL_INFO_FILE, lambda: write_model_info(
             self.run_dir / MODEL_INFO_FILE,
             model=self.model,
             cfg=self.cfg,
@@ -436,14 +526,50 @@ class TrainingRun:
             best_epoch=self.best_epoch,
             best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
             test_metrics=test_metrics,
-        )
+        ))
         if self.monitor is not None:
-            if best_path.is_file():  # the final recon/codebook figures show model.pt's weights
-                self.model.load_state_dict(best["model"])
-            self.monitor.on_train_end(self.model, self.history, status)
+            def final_figures() -> None:
+                if best is not None:  # the final recon/codebook figures show model.pt's weights
+                    self.model.load_state_dict(best["model"])
+                self.monitor.on_train_end(self.model, self.history, status)
+            self._optional(writer, "figures", self.monitor.figures_dir, final_figures)
             for note in self.monitor.notes:
                 print(f"[{self.run_id}] figures: {note}")
+        self._record_incidents(writer)
         return test_metrics
+
+    def _test_pass(self, writer: RunWriter, best_path: Path) -> dict:
+        """The best weights on the test split: on_test_end with its metrics, or a skipped pass when it holds no sample."""
+        self.ddp.barrier()  # under DDP: rank 0 has written best_val.pt
+        best = load_checkpoint(best_path)
+        self.model.load_state_dict(best["model"])
+        stats = evaluate(self.model, self.loaders["test"], self.precision, device=self.device, names=self.names,
+                         ranks=self.ddp)
+        if stats.samples == 0:
+            # A loss over no sample is not a number that was measured: the pass is recorded as skipped.
+            skipped = f"the test split holds no samples ({self.meta.split_sizes.get('test', 0)} in the data's split sizes)"
+            self._write_event(writer, "on_test_end", skipped=skipped, epoch=self.best_epoch, samples=0)
+            print(f"[{self.run_id}] test pass skipped: {skipped}")
+            return {}
+        test_metrics = stats.metrics
+        extra = {}
+        if hasattr(self.model, "predict_logits"):  # a classifier: the report shows its confusion matrix
+            extra = {"confusion_matrix": confusion_matrix(self.model, self.loaders["test"], self.precision,
+                                                          device=self.device, n_classes=self.meta.n_classes,
+                                                          ranks=self.ddp),
+                     "class_names": list(self.meta.label_names)}
+        self._write_event(writer, "on_test_end", metrics=test_metrics, epoch=self.best_epoch, samples=stats.samples,
+                          **extra)
+        print(f"[{self.run_id}] test (best epoch {self.best_epoch}): loss {test_metrics['loss']:.4f}")
+        return test_metrics
+
+    def _optional(self, writer: RunWriter, part: str, path: Path, write: Callable[[], None]) -> None:
+        """Write one optional part of the run's ending; its failure is an on_incident, never an exception."""
+        try:
+            write()
+        except Exception as exc:  # noqa: BLE001 - model.pt and on_train_end are written; nothing here may undo them
+            text = _os_error_text(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            self._incident(writer, part, text, path=getattr(exc, "filename", None) or path, error_type=type(exc).__name__)
 
     def _figure_monitor(self) -> Optional[FigureMonitor]:
         """Training-time figures (logging.figures) probing the first validation rows; None when off."""
@@ -454,6 +580,13 @@ class TrainingRun:
         probe = None if first is None else {k: v[:_PROBE_ROWS].to(self.device) for k, v in first.items()}
         return FigureMonitor(self.run_dir, families, self.cfg.logging.figures_every_n_epochs, probe,
                              cont_features=self.meta.cont_features)
+
+
+def _os_error_text(exc: BaseException) -> str:
+    """"[Errno 28] No space left on device" for an OSError; type and message otherwise."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _fmt(value: Optional[float]) -> str:
