@@ -183,3 +183,37 @@ def test_a_stop_under_ddp_waits_for_the_next_collective_sync_point():
     with pytest.raises(StopRequested, match="after step 3"):  # one process stops at once, as before
         stops_asked.clear()
         epoch(DistributedContext())
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_next_fixed_sync_point(events, tmp_path):
+    """What SLURM's scancel does to a torchrun job: the agent passes SIGTERM to each rank; each stops
+    at the next fixed sync point, where the stop rides along with the metrics (no collective per step)."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*TORCHRUN, "-m", "thesis_lib.cli", "train", f"data.path={events}", f"output_root={out}",
+                             "model.task=classifier", "model.encoder=mlp", "data.batch_size=16", "trainer.epochs=100000",
+                             "trainer.sync_every_n_steps=7", "report.enabled=false", "telemetry.enabled=false"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        found = list((out / "runs").glob("*/facts/events.jsonl"))
+        if found and found[0].read_text().count('"on_epoch_end"') >= 2:
+            break
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=120)
+    run_dir = _only_run(out)
+    events_ = read_events(run_dir)
+    ends = [e for e in events_ if e["moment"] == "on_train_end"]
+    assert len(ends) == 1, output.decode()[-3000:]
+    assert ends[0]["status"] == "STOPPED" and ends[0]["stop_reason"] == "signal: SIGTERM"
+    assert (run_dir / "model.pt").is_file() and (run_dir / "last.pt").is_file()
+    # Written once, by rank 0, which could only get there if rank 1 joined the stopping sync point: a
+    # rank killed by the signal would leave rank 0 waiting in that collective until torchrun's SIGKILL.
+    assert sum(e["moment"] == "on_start" for e in events_) == 1
+    assert "SIGTERM received" in (run_dir / "logs" / "stdout.log").read_text()

@@ -139,7 +139,7 @@ class TrainingRun:
 
         self.capture = capture
         self.sync: Optional[SyncPoints] = None
-        self.signals = RunStopSignals(on_stop=self._request_stop)
+        self.signals = RunStopSignals(on_stop=self._request_stop, allow_immediate=not self.ddp.enabled)
         self._monitor_warnings_recorded = 0
         # A dashboard that switches itself off after an error hands the console back.
         self.dashboard = make_dashboard(dashboard, update_interval_ms=cfg.logging.update_interval_ms,

@@ -136,8 +136,10 @@ class RunStopSignals:
     run to print at its next safe point.
     """
 
-    def __init__(self, on_stop: Callable[[], None]):
+    def __init__(self, on_stop: Callable[[], None], *, allow_immediate: bool = True):
         self.on_stop = on_stop
+        # Under DDP a rank that left its step alone would leave the others waiting in a collective.
+        self.allow_immediate = allow_immediate
         self.phase = "training"
         self.signum: Optional[int] = None
         self.received: list[int] = []
@@ -164,7 +166,7 @@ class RunStopSignals:
             self.notes.append(f"{name} received: stopping after this step, then writing last.pt, model.pt and the "
                               "facts (send it again to stop at once)")
             return
-        if self.phase == "training" and threading.current_thread() is self._owner:
+        if self.phase == "training" and self.allow_immediate and threading.current_thread() is self._owner:
             raise SignalStop(signum)
         self.notes.append(f"{name} received again: the run stops at its next sync point")
 
