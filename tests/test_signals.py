@@ -283,3 +283,36 @@ def test_a_report_that_fails_after_the_run_is_recorded_as_an_incident(events, tm
     assert moments.index("on_incident") > moments.index("on_train_end")
     (incident,) = [e for e in events_ if e["moment"] == "on_incident"]
     assert incident["part"] == "report" and "template went missing" in incident["message"]
+
+
+_FULL_LOG = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from thesis_lib.train.output_capture import capture_output
+
+    disk = Path(sys.argv[1])
+    with open(disk / "filler", "wb") as filler:  # fill the disk to its last byte
+        try:
+            while True:
+                filler.write(b"x" * 65536)
+                filler.flush()
+        except OSError:
+            pass
+    with capture_output(disk / "logs" / "stdout.log") as capture:
+        for i in range(2000):
+            print(f"line {i} " + "y" * 100)
+        print("STILL RUNNING")
+    print("INCIDENTS", [(i["part"], i["path"]) for i in capture.incidents])
+    """
+)
+
+
+def test_a_log_on_a_full_disk_is_dropped_with_one_note_and_printing_goes_on(small_disk):
+    done = subprocess.run([sys.executable, "-c", _FULL_LOG, str(small_disk)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    log = small_disk / "logs" / "stdout.log"
+    assert done.stderr.count("No space left on device") == 1 and str(log) in done.stderr
+    assert "STILL RUNNING" in done.stdout
+    assert f"INCIDENTS [('stdout_log', '{log}')]" in done.stdout
