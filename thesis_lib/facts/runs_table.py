@@ -2,7 +2,9 @@
 
 `load_runs` reads each file once and summarises scalars with vectorised numpy, so it stays
 close to the cost of plain pandas reading the same files. A candidate that cannot be loaded
-is skipped with one warning that lists it and why.
+is skipped with one warning that lists it and why; a bad line inside a run's facts costs that
+line only (the reader skips and counts it) and one warning names every such line. Both lists
+are also on the result (`LoadedRuns.skipped_runs`, `LoadedRuns.bad_lines`).
 """
 
 from __future__ import annotations
@@ -11,18 +13,18 @@ import glob
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import FactsError, NoValidRunsError
-from .reader import _column, _parse_events, _parse_scalars, _with_loss_aliases, read_config
+from .reader import BadLine, _column, _parse_events, _parse_scalars, _typed, _with_loss_aliases, read_config
 from ..record.schema import BASE_SCALAR_COLUMNS, config_hash
-from ..layout import EVENTS_FILE, SCALARS_FILE
+from ..layout import EVENTS_FILE, FACTS_DIR, SCALARS_FILE
 from .status import run_status
 
-__all__ = ["discover_runs", "load_runs"]
+__all__ = ["discover_runs", "load_runs", "LoadedRuns", "SkippedRun"]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -30,8 +32,9 @@ _GLOB_CHARS = frozenset("*?[")
 def discover_runs(sweep_dir: str | Path | None = None, run_dirs: str | Path | Iterable | None = None) -> list[Path]:
     """Candidate run directories: those under a sweep, and/or those listed (globs expanded).
 
-    Under `sweep_dir` (itself may be a glob) every directory holding `facts/events.jsonl` is a
-    candidate, found recursively (`<sweep>/runs/<id>` or `<sweep>/<id>`). Listed `run_dirs`
+    Under `sweep_dir` (itself may be a glob) every directory holding a `facts/` folder is a
+    candidate, found recursively (`<sweep>/runs/<id>` or `<sweep>/<id>`): one without
+    `facts/events.jsonl` too, so that `load_runs` lists it among the skipped. Listed `run_dirs`
     are kept as given, in order, each glob's matches sorted; a glob that matches nothing is
     kept as it is so that `load_runs` can report it. Duplicates are dropped.
 
@@ -62,16 +65,61 @@ def discover_runs(sweep_dir: str | Path | None = None, run_dirs: str | Path | It
             found.extend(Path(m) for m in matches) if matches else found.append(Path(entry))
     return list(dict.fromkeys(found))
 
+
+class SkippedRun(NamedTuple):
+    """A candidate run directory `load_runs` could not load, and why."""
+
+    run_dir: str
+    reason: str
+
+
+class LoadedRuns(tuple):
+    """What `load_runs` returns: unpacks as `(runs_df, per_epoch, order)`, and says what it left out.
+
+    Attributes:
+        runs_df, per_epoch, order: the three items, also by name.
+        skipped_runs: a `SkippedRun` (run_dir, reason) for every candidate that could not be loaded.
+        bad_lines: {run_dir: [BadLine, ...]} for every loaded run whose events.jsonl or scalars.csv
+            had lines the reader skipped (file, line number, why); the run itself was kept.
+    """
+
+    skipped_runs: list
+    bad_lines: dict
+
+    def __new__(cls, runs_df: pd.DataFrame, per_epoch: dict, order: list, skipped_runs: Iterable = (),
+                bad_lines: dict | None = None):
+        loaded = super().__new__(cls, (runs_df, per_epoch, order))
+        loaded.skipped_runs, loaded.bad_lines = list(skipped_runs), dict(bad_lines or {})
+        return loaded
+
+    def __getnewargs__(self) -> tuple:  # pickle and copy rebuild it whole
+        return (*self, self.skipped_runs, self.bad_lines)
+
+    @property
+    def runs_df(self) -> pd.DataFrame:
+        return self[0]
+
+    @property
+    def per_epoch(self) -> dict:
+        return self[1]
+
+    @property
+    def order(self) -> list:
+        return self[2]
+
+
 def load_runs(
     sweep_dir: str | Path | None = None,
     run_dirs: str | Path | Iterable | None = None,
     *,
     strict: bool = False,
-) -> tuple[pd.DataFrame, dict[str, pd.DataFrame], list[str]]:
+) -> LoadedRuns:
     """Load every valid run into a runs table and per-epoch tables.
 
     A valid run has config.yaml and facts/events.jsonl with an on_start event. Others are
-    skipped with one warning listing each and why (or, with `strict`, an error).
+    skipped with one warning listing each and why (or, with `strict`, an error). Bad lines in a
+    valid run's events.jsonl or scalars.csv are skipped and counted, the run kept: one warning
+    names each file and line.
 
     Args:
         sweep_dir: a sweep folder (or glob) searched recursively for runs.
@@ -79,9 +127,11 @@ def load_runs(
         strict: raise instead of skipping a run that cannot be loaded.
 
     Returns:
-        (runs_df, per_epoch, order): one row per run (summary columns, `test.<metric>`, then
-        the config flattened to dotted keys, lists as str); {run_dir: read_scalars frame};
-        run_dir strings in discovery order.
+        A `LoadedRuns`, which unpacks as (runs_df, per_epoch, order): one row per run (summary
+        columns, `test.<metric>` (none for a skipped test pass, whose reason is in
+        `test.skipped`), then the config flattened to dotted keys, lists as str);
+        {run_dir: read_scalars frame}; run_dir strings in discovery order. Its `skipped_runs`
+        and `bad_lines` list what was left out.
 
     Raises:
         NoValidRunsError: no candidate could be loaded; lists every candidate and its reason.
@@ -91,16 +141,17 @@ def load_runs(
     rows: list[dict] = []
     per_epoch: dict[str, pd.DataFrame] = {}
     skipped: list[tuple[Path, str]] = []
-    torn: list[str] = []
+    bad_lines: dict[str, list[BadLine]] = {}
     for run_dir in candidates:
         try:
-            row, frame, torn_files = _load_one(run_dir)
+            row, frame, bad = _load_one(run_dir)
         except (FactsError, OSError) as exc:  # OSError: unreadable files (permissions, a folder named like one)
             skipped.append((run_dir, str(exc)))
             continue
         rows.append(row)
         per_epoch[row["run_dir"]] = frame
-        torn.extend(torn_files)
+        if bad:
+            bad_lines[row["run_dir"]] = bad
     if not rows:
         if not candidates:
             raise NoValidRunsError(f"No valid runs found: no run directories (with {EVENTS_FILE}) under {sweep_dir}")
@@ -110,34 +161,53 @@ def load_runs(
         if strict:
             raise FactsError(message)
         warnings.warn(message, stacklevel=2)
-    if torn:
+    if bad_lines:
+        warnings.warn(_bad_lines_message([b for bad in bad_lines.values() for b in bad]), stacklevel=2)
+    return LoadedRuns(pd.DataFrame(rows), per_epoch, [row["run_dir"] for row in rows],
+                      [SkippedRun(str(path), reason) for path, reason in skipped], bad_lines)
+
+
+def _bad_lines_message(bad: list[BadLine]) -> str:
+    """The one warning about the lines skipped inside loaded runs: each file with its line numbers."""
+    files: dict[str, list[BadLine]] = {}
+    for line in bad:
+        files.setdefault(line.path, []).append(line)
+    if all(len(lines) == 1 and lines[0].torn for lines in files.values()):
+        torn = list(files)
         shown = ", ".join(torn[:5]) + (f" and {len(torn) - 5} more" if len(torn) > 5 else "")
-        warnings.warn(f"skipped 1 torn last line in each of {len(torn)} files: {shown}", stacklevel=2)
-    return pd.DataFrame(rows), per_epoch, [row["run_dir"] for row in rows]
+        return f"skipped 1 torn last line in each of {len(torn)} files: {shown}"
+    parts = []
+    for path, lines in files.items():
+        numbers = ", ".join(str(b.line) for b in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+        parts.append(f"  {path}: line{'s' if len(lines) > 1 else ''} {numbers} ({lines[0].reason}"
+                     + (", ..." if len(lines) > 1 else "") + ")")
+    return (f"skipped {len(bad)} bad line{'s' if len(bad) > 1 else ''} in {len(files)} "
+            f"file{'s' if len(files) > 1 else ''}; their runs were kept:\n" + "\n".join(parts))
 
 
-def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[str]]:
-    """One run's summary row, per-epoch frame and torn files; FactsError says why it is invalid."""
+def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[BadLine]]:
+    """One run's summary row, per-epoch frame and skipped lines; FactsError says why it is invalid."""
     if not run_dir.is_dir():
         raise FactsError("no directory matches this pattern" if _is_glob(run_dir) else "no such directory")
+    events, bad = _parse_events(run_dir / EVENTS_FILE)
     config = read_config(run_dir)
-    events, events_torn = _parse_events(run_dir / EVENTS_FILE)
     start_index = max((i for i, e in enumerate(events) if e.get("moment") == "on_start"), default=None)
     if start_index is None:
         raise FactsError(f"no on_start event in {EVENTS_FILE} (the run never started)")
     start = events[start_index]
-    torn = [str(run_dir / EVENTS_FILE)] if events_torn else []
+    columns = start.get("scalar_columns")
+    columns = [str(c) for c in columns] if isinstance(columns, list) and columns else None
     scalars_path = run_dir / SCALARS_FILE
     if scalars_path.is_file():
-        frame, scalars_torn = _parse_scalars(scalars_path)
-        torn += [str(scalars_path)] if scalars_torn else []
+        frame, scalars_bad = _parse_scalars(scalars_path, columns)
+        bad = bad + scalars_bad
     else:
-        frame = _with_loss_aliases(pd.DataFrame(columns=list(start.get("scalar_columns") or BASE_SCALAR_COLUMNS)))
+        frame = _with_loss_aliases(_typed(pd.DataFrame(columns=columns or list(BASE_SCALAR_COLUMNS)), ("split",)))
     status, stop_reason = run_status(events, start, run_dir)
     end = next((e for e in reversed(events[start_index:]) if e.get("moment") == "on_train_end"), None)
     tests = [e for e in events if e.get("moment") == "on_test_end"]
-    model, trainer = config.get("model") or {}, config.get("trainer") or {}
-    params = start.get("params") or {}
+    model, trainer, params = (_mapping(value) for value in (config.get("model"), config.get("trainer"),
+                                                              start.get("params")))
     row = {
         "run_dir": str(run_dir),
         "run_id": start.get("run_id"),
@@ -155,11 +225,15 @@ def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[str]]:
     row["params_total"] = params.get("total")
     row["params_trainable"] = params.get("trainable")
     row["config_hash"] = start.get("config_hash") or config_hash(config)
-    for name, value in ((tests[-1].get("metrics") or {}) if tests else {}).items():
+    test = _mapping(tests[-1]) if tests else {}
+    if test.get("skipped"):  # schema 2: the test pass did not run; it has no metrics, not zeros
+        row["test.skipped"] = str(test["skipped"])
+    metrics = test.get("metrics")
+    for name, value in (metrics.items() if isinstance(metrics, dict) and not test.get("skipped") else ()):
         row[f"test.{name}"] = value
     for key, value in _flatten(config).items():
         row.setdefault(key, value)
-    return row, frame, torn
+    return row, frame, bad
 
 
 def _summarise_scalars(frame: pd.DataFrame) -> dict:
@@ -191,6 +265,11 @@ def _summarise_scalars(frame: pd.DataFrame) -> dict:
     return summary
 
 
+def _mapping(value: Any) -> dict:
+    """A dict as it is; anything else (a section a hand edit broke) as an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
 def _flatten(config: dict, prefix: str = "") -> dict:
     """Nested config -> dotted keys; lists and empty dicts become their str so cells stay scalar."""
     flat: dict = {}
@@ -206,10 +285,14 @@ def _flatten(config: dict, prefix: str = "") -> dict:
 
 
 def _walk_for_runs(root: str) -> list[Path]:
-    """Directories under `root` holding facts/events.jsonl, sorted; a run's own subfolders are not searched."""
+    """Run directories under `root` (those holding a facts/ folder), sorted; a run's own subfolders are not searched.
+
+    A run directory is created with its facts/ folder, so one whose events.jsonl is missing is
+    still found here and `load_runs` can say why it skipped it.
+    """
     runs = []
     for current, dirnames, _ in os.walk(root):
-        if "facts" in dirnames and os.path.isfile(os.path.join(current, EVENTS_FILE)):
+        if FACTS_DIR in dirnames:
             runs.append(Path(current))
             dirnames[:] = []
         else:

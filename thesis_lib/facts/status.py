@@ -22,7 +22,8 @@ def run_status(
     """Derive (status, stop_reason) from a run's events.
 
     The last `on_train_end` after the last `on_start` gives the status it recorded. Otherwise an
-    `on_exception` after it means FAILED. Otherwise the run has no end: RUNNING if the recorded
+    `on_exception` after it means FAILED. An `on_incident` (schema 2: a part other than the numbers
+    failed and the run went on, possibly after its end) never changes the status. Otherwise the run has no end: RUNNING if the recorded
     pid is alive on this same host, else CRASHED. (A reused pid can make a dead run look alive.)
     On another host, given `run_dir`, a write to its facts in the last 5 minutes reads as
     RUNNING (the telemetry sampler appends every interval), else CRASHED.

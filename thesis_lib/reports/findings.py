@@ -16,7 +16,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from ..layout import EVENTS_FILE, SCALARS_FILE, TELEMETRY_FILE
+from ..layout import (CONFIG_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG, STEPS_FILE,
+                      TELEMETRY_FILE)
 from .report_data import RunReport
 
 __all__ = [
@@ -50,7 +51,8 @@ class Finding:
         text: the statement, one or two sentences.
         evidence: the figures it rests on and where they come from.
         kind: a stable identifier for the rule ("convergence", "overfitting", "plateau", "lr_cut",
-            "stop", "failure", "input_bound", "gpu_underused", "energy").
+            "stop", "failure", "incident", "test_skipped", "unreadable", "bad_lines", "input_bound",
+            "gpu_underused", "energy").
         level: "info" or "warning".
     """
 
@@ -62,7 +64,10 @@ class Finding:
 
 
 def find(report: RunReport) -> list[Finding]:
-    """Every finding the run's facts support, most important first (why it stopped, then training, then resources).
+    """Every finding the run's facts support, most important first.
+
+    Why it stopped, then what went wrong on the side (incidents, a skipped test pass, facts that
+    could not be read), then training, then resources.
 
     Args:
         report: the run's RunReport.
@@ -70,7 +75,8 @@ def find(report: RunReport) -> list[Finding]:
     Returns:
         The findings; empty when no rule applies (e.g. a run still in its first epochs).
     """
-    rules = (_stop, _convergence, _overfitting, _plateaus, _lr_cuts, _input_bound, _gpu_underused, _energy)
+    rules = (_stop, _incidents, _test_skipped, _unreadable, _bad_lines, _convergence, _overfitting, _plateaus,
+             _lr_cuts, _input_bound, _gpu_underused, _energy)
     return [finding for rule in rules for finding in rule(report)]
 
 
@@ -90,7 +96,7 @@ def _stop(report: RunReport) -> list[Finding]:
         return [_non_finite(report)]
     if report.status == "FAILED":
         error = report.exception or {}
-        where = f"on_exception at t = {error.get('t', float('nan')):.1f} s" if error else "on_train_end"
+        where = f"on_exception at t = {_seconds(error.get('t'))}" if error else "on_train_end"
         last_line = (error.get("traceback") or "").strip().splitlines()[-1:] or [""]
         return [Finding("Failed", f"The run failed after {planned} epochs with {error.get('error_type', 'an error')}: "
                         f"{error.get('message', reason)}", f"{where}; {last_line[0]}".rstrip("; "), "failure", "warning")]
@@ -110,6 +116,68 @@ def _stop(report: RunReport) -> list[Finding]:
                         f"stop_reason = max_epochs; epochs completed = {done}", "stop")]
     return [Finding("Stopped", f"The run ended with status {report.status} ({reason or 'no reason recorded'}) "
                     f"after {planned} epochs.", f"on_train_end: status {report.status}, stop_reason {reason!r}", "stop")]
+
+
+def _incidents(report: RunReport) -> list[Finding]:
+    """One finding per on_incident: a part of the run (console, figures, report, ...) failed and the run went on."""
+    findings = []
+    for incident in report.incidents:
+        part = str(incident.get("part") or "unknown part")
+        message = str(incident.get("message") or "no message recorded")
+        error = f"{incident['error_type']}: " if incident.get("error_type") else ""
+        path = f" ({incident['path']})" if incident.get("path") else ""
+        evidence = f"{_EVENTS}: on_incident at t = {_seconds(incident.get('t'))}, part {part}"
+        if incident.get("path"):
+            evidence += f", path {incident['path']}"
+        findings.append(Finding(f"Incident: {part}", f"{part} failed{path} and the run went on: {error}{message}",
+                                evidence, "incident", "warning"))
+    return findings
+
+
+def _test_skipped(report: RunReport) -> list[Finding]:
+    """The test pass was recorded as skipped: no test metrics, and why."""
+    if not report.test_skipped:
+        return []
+    return [Finding("Test pass skipped", f"The test pass did not run: {report.test_skipped}. No test metric was "
+                    "measured, so none is reported.", f"{_EVENTS}: on_test_end skipped, samples 0", "test_skipped")]
+
+
+_WITHOUT = {  # what a report goes on without when one of the run's optional files cannot be read
+    CONFIG_FILE: "the configuration snapshot is empty",
+    SCALARS_FILE: "there are no per-epoch losses or curves",
+    STEPS_FILE: "the loss panel shows per-epoch losses",
+    TELEMETRY_FILE: "there are no telemetry samples (GPU, CPU, memory)",
+    ENV_FILE: "GPU names come from the sampler's summary only",
+    MODEL_INFO_FILE: "parameter counts come from the on_start event",
+    STDOUT_LOG: "there is no log tail",
+}
+
+
+def _unreadable(report: RunReport) -> list[Finding]:
+    """One finding per optional file that could not be read, and what the report does without it."""
+    return [Finding(f"Could not read {name}", f"{name} could not be read: {why}. The report goes on without it: "
+                    f"{_WITHOUT.get(name, 'its part is left out')}.", f"{report.run_dir / name}", "unreadable", "warning")
+            for name, why in report.unreadable.items()]
+
+
+def _bad_lines(report: RunReport) -> list[Finding]:
+    """The lines the readers skipped (torn, garbage, wrong shape or type), per file with their numbers."""
+    if not report.bad_lines:
+        return []
+    files: dict[str, list] = {}
+    for bad in report.bad_lines:
+        files.setdefault(PurePosixPath(str(bad.path)).name, []).append(bad)
+    parts = []
+    for name, lines in files.items():
+        numbers = ", ".join(str(b.line) for b in lines[:10]) + (f" and {len(lines) - 10} more" if len(lines) > 10 else "")
+        parts.append(f"{name} line{'s' if len(lines) > 1 else ''} {numbers}")
+    count = len(report.bad_lines)
+    text = (f"{count} line{'s' if count > 1 else ''} of the run's facts could not be read and "
+            f"{'were' if count > 1 else 'was'} skipped; the rest was read: " + "; ".join(parts) + ".")
+    evidence = "; ".join(f"{PurePosixPath(str(b.path)).name} line {b.line}: {b.reason}" for b in report.bad_lines[:10])
+    if count > 10:
+        evidence += f"; and {count - 10} more"
+    return [Finding("Skipped unreadable lines", text, evidence, "bad_lines", "warning")]
 
 
 def _non_finite(report: RunReport) -> Finding:
@@ -294,6 +362,13 @@ def _relative_drop(before: float, after: float) -> float:
 def _last_epoch(report: RunReport) -> Optional[int]:
     """The last epoch in the per-epoch table, or None."""
     return int(report.epochs.index.max()) if len(report.epochs.index) else None
+
+
+def _seconds(value: object) -> str:
+    """An event's `t` as '12.3 s'; 'n/a' when it has none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.1f} s"
 
 
 def _pct(fraction: float, digits: int = 2) -> str:

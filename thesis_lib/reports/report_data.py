@@ -1,8 +1,10 @@
 """One run's report as data: the numbers, tables and findings every section is written from.
 
 `RunReport` holds what `load_run_report` gathered from a run directory (key metrics, the
-configuration snapshot, the per-epoch table, telemetry, test metrics, the confusion matrix,
-findings, the log tail) plus a few views the layout needs (`shown_epochs`, `confusion_rows`).
+configuration snapshot, the per-epoch table, telemetry, test metrics or why the test pass was
+skipped, the confusion matrix, incidents, findings, the log tail, and what could not be read:
+lines the readers skipped, optional files that could not be read, figures that could not be
+drawn) plus a few views the layout needs (`shown_epochs`, `confusion_rows`).
 It knows nothing of Markdown: the sections are written by the cells of
 `report_templates/run_report.ipynb`, and `section` / `to_markdown` run those cells in this
 process (`template_exec`), so a section reads the same in report.md, report.html and here.
@@ -106,6 +108,11 @@ class RunReport:
     steps_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/steps.csv
     telemetry_table: pd.DataFrame = field(default_factory=pd.DataFrame, repr=False)  # facts/telemetry.csv
     findings: list = field(default_factory=list)  # findings.Finding, most important first
+    test_skipped: Optional[str] = None  # why the test pass did not run (schema 2: on_test_end `skipped`)
+    incidents: list = field(default_factory=list)  # on_incident events: a part failed, the run went on
+    bad_lines: list = field(default_factory=list)  # facts.reader.BadLine: lines the readers skipped
+    unreadable: dict = field(default_factory=dict)  # {file relative to run_dir: why it could not be read}
+    figure_errors: dict = field(default_factory=dict)  # {"telemetry" / "curves": why the figure was not drawn}
 
     @property
     def trainable_pct(self) -> Optional[float]:

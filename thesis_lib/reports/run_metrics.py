@@ -123,7 +123,7 @@ def key_metrics(epochs: pd.DataFrame, telemetry: pd.DataFrame, payload: Mapping,
         metrics.vram_peak_mb, metrics.vram_avg_mb = float(readings.max()), float(readings.mean())
         totals = [s.max() for s in (gpu_column(telemetry, i, "mem_total_mb") for i in devices) if s is not None]
         metrics.vram_total_mb = float(max(totals)) if totals else None
-    elif payload.get("nvml_mem_peak_mb") is not None:
+    elif _float_or_none(payload.get("nvml_mem_peak_mb")) is not None:
         metrics.vram_peak_mb = float(payload["nvml_mem_peak_mb"])
     metrics.torch_vram_peak_mb = _max_or_none(epochs, "vram_peak_mb")
 
@@ -138,15 +138,15 @@ def key_metrics(epochs: pd.DataFrame, telemetry: pd.DataFrame, payload: Mapping,
     utilisation = [s for s in (gpu_column(telemetry, i, "util_pct") for i in devices) if s is not None]
     if utilisation:
         metrics.gpu_util_avg = float(pd.concat(utilisation, ignore_index=True).dropna().mean())
-    elif payload.get("gpu_util_avg") is not None:
+    elif _float_or_none(payload.get("gpu_util_avg")) is not None:
         metrics.gpu_util_avg = float(payload["gpu_util_avg"])
     elif "gpu_util_avg" in epochs and epochs["gpu_util_avg"].notna().any():
         metrics.gpu_util_avg = float(epochs["gpu_util_avg"].mean())
 
     metrics.energy_j, metrics.energy_method = _energy(telemetry, devices, payload, epochs)
-    samples = (end or {}).get("samples")
+    samples = _float_or_none((end or {}).get("samples"))  # absent (or not a number) is missing, never 0
     if samples is None and "samples" in epochs and epochs["samples"].notna().any():
-        samples = epochs["samples"].sum()
+        samples = pd.to_numeric(epochs["samples"], errors="coerce").sum()
     metrics.samples = int(samples) if samples is not None else None
     throughput = _finite(epochs, "throughput")
     if len(throughput):
@@ -156,7 +156,7 @@ def key_metrics(epochs: pd.DataFrame, telemetry: pd.DataFrame, payload: Mapping,
 
 def _energy(telemetry: pd.DataFrame, devices: list[int], payload: Mapping, epochs: pd.DataFrame) -> tuple:
     """(energy in J, how it was measured): the sampler's total, else its cumulative columns, else per-epoch sums."""
-    if payload.get("energy_j") is not None:
+    if _float_or_none(payload.get("energy_j")) is not None:
         return float(payload["energy_j"]), payload.get("energy_method") or "sampler total, method not recorded"
     cumulative = [s.dropna() for s in (gpu_column(telemetry, i, "energy_j") for i in devices) if s is not None]
     if cumulative:

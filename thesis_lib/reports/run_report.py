@@ -2,21 +2,25 @@
 
 `load_run_report(run_dir)` reads the facts (events, scalars, steps, telemetry), config.yaml,
 model_info.json and the log, computes the key metrics once (`run_metrics.py` says where each
-comes from) and the findings (`findings.py`). The data model itself is `report_data.RunReport`;
+comes from) and the findings (`findings.py`). Only events.jsonl must be readable: bad lines are
+skipped and listed, and an optional file that cannot be read is left out with its reason, which
+the report states. The data model itself is `report_data.RunReport`;
 how it is laid out as a report is the run-report template's business.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import pandas as pd
 
 from ..errors import FactsError
 from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
-from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG
+from ..layout import (CONFIG_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG, STEPS_FILE,
+                      TELEMETRY_FILE)
 from .findings import find
 from .report_data import ConfigSnapshot, RunReport
 from .run_metrics import key_metrics, telemetry_summary
@@ -33,7 +37,10 @@ def load_run_report(run_dir: str | Path) -> RunReport:
     """Gather a run's facts into a RunReport (findings included); reads files only, never a GPU.
 
     Works for every status: a RUNNING or CRASHED run reports what it wrote so far, and runs
-    from before steps.csv / telemetry.csv existed report without them.
+    from before steps.csv / telemetry.csv existed report without them. Only events.jsonl is
+    required: a bad line in any facts file is skipped and listed (`bad_lines`), and an optional
+    file that cannot be read (config.yaml, scalars.csv, steps.csv, telemetry.csv, env.json,
+    model_info.json, the log) is left out with the reason (`unreadable`), never failing the report.
 
     Args:
         run_dir: the run directory.
@@ -42,29 +49,48 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         The RunReport.
 
     Raises:
-        FactsError: the directory does not exist, or its events or config cannot be read.
+        FactsError: the directory does not exist, or its events cannot be read or hold no on_start.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FactsError(f"run directory {run_dir} does not exist (expected a folder holding {EVENTS_FILE})")
-    events = read_events(run_dir)
+    bad_lines: list = []
+    unreadable: dict[str, str] = {}
+    try:
+        events = read_events(run_dir, bad_lines=bad_lines)
+    except OSError as exc:
+        raise FactsError(f"{run_dir / EVENTS_FILE} cannot be read: {exc}") from exc
     start_index = max((i for i, e in enumerate(events) if e.get("moment") == "on_start"), default=None)
     if start_index is None:
         raise FactsError(f"{run_dir / EVENTS_FILE} has no on_start event: the run never started")
     start, since_start = events[start_index], events[start_index:]
     end = _last(since_start, "on_train_end")
     status, stop_reason = run_status(events, start, run_dir)
-    config = read_config(run_dir)
-    scalars = read_scalars(run_dir) if (run_dir / SCALARS_FILE).is_file() else pd.DataFrame()
+    config = _optional(CONFIG_FILE, unreadable, lambda: read_config(run_dir), {})
+    columns = start.get("scalar_columns") if isinstance(start.get("scalar_columns"), list) else None
+    scalars = pd.DataFrame()
+    if (run_dir / SCALARS_FILE).exists():
+        scalars = _optional(SCALARS_FILE, unreadable,
+                            lambda: read_scalars(run_dir, columns=columns, bad_lines=bad_lines), pd.DataFrame())
     epochs = _epoch_table(scalars)
-    steps_table, telemetry_table = read_steps(run_dir), read_telemetry(run_dir)
-    params = (_read_json(run_dir / MODEL_INFO_FILE).get("parameters") or start.get("params") or {})
-    test = _last(events, "on_test_end")
-    payload = (end or {}).get("telemetry") or {}
-    duration = (end or {}).get("total_time_s")
+    steps_table = _optional(STEPS_FILE, unreadable, lambda: read_steps(run_dir, bad_lines=bad_lines), pd.DataFrame())
+    telemetry_table = _optional(TELEMETRY_FILE, unreadable, lambda: read_telemetry(run_dir, bad_lines=bad_lines),
+                                pd.DataFrame())
+    model_info, env = _read_json(run_dir, MODEL_INFO_FILE, unreadable), _read_json(run_dir, ENV_FILE, unreadable)
+    params = _mapping(model_info.get("parameters")) or _mapping(start.get("params"))
+    test = _last(events, "on_test_end") or {}
+    skipped = test.get("skipped")
+    payload = _mapping((end or {}).get("telemetry"))
+    duration = _number((end or {}).get("total_time_s"))
     if duration is None:  # no end yet: the last thing the run wrote
         last_sample = telemetry_table["t"].max() if "t" in telemetry_table and len(telemetry_table) else 0.0
-        duration = max([e.get("t") or 0.0 for e in events] + [float(last_sample)])
+        duration = max([_number(e.get("t")) or 0.0 for e in events] + [float(last_sample)])
+    telemetry = telemetry_summary(telemetry_table, payload, env, start.get("device"))
+    if TELEMETRY_FILE in unreadable and not telemetry.has_gpu and not payload.get("warning"):
+        telemetry.warning = f"{TELEMETRY_FILE} could not be read ({unreadable[TELEMETRY_FILE]})"
+    completed = _number((end or {}).get("epochs_completed"))
+    steps = _number((end or {}).get("steps"))
+    metrics = test.get("metrics")
     report = RunReport(
         run_dir=run_dir,
         run_id=str(start.get("run_id") or run_dir.name),
@@ -72,27 +98,49 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         stop_reason=stop_reason,
         started=start.get("time"),
         duration_s=float(duration) if duration is not None else None,
-        epochs_completed=int((end or {}).get("epochs_completed", len(epochs))),
-        steps=(end or {}).get("steps", _last_step(epochs)),
+        epochs_completed=int(completed) if completed is not None else len(epochs),
+        steps=int(steps) if steps is not None else _last_step(epochs),
         params_total=params.get("total"),
         params_trainable=params.get("trainable"),
         device=start.get("device"),
         metrics=key_metrics(epochs, telemetry_table, payload, end),
-        config=ConfigSnapshot.from_config(config, world_size=int(start.get("world_size") or 1)),
-        telemetry=telemetry_summary(telemetry_table, payload, _read_json(run_dir / ENV_FILE), start.get("device")),
-        test_metrics=dict((test or {}).get("metrics") or {}),
-        test_epoch=(test or {}).get("epoch"),
+        config=ConfigSnapshot.from_config(config, world_size=int(_number(start.get("world_size")) or 1.0)),
+        telemetry=telemetry,
+        # A skipped pass measured nothing: no metrics, never zeros; a metric left out stays out.
+        test_metrics={} if skipped or not isinstance(metrics, dict) else dict(metrics),
+        test_epoch=test.get("epoch"),
         confusion=({"matrix": test["confusion_matrix"], "class_names": test.get("class_names") or []}
-                   if test and test.get("confusion_matrix") else None),
+                   if not skipped and test.get("confusion_matrix") else None),
         exception=_last(since_start, "on_exception"),
-        log_tail=_log_tail(run_dir / STDOUT_LOG),
-        config_text=_read_text(run_dir / CONFIG_FILE),
+        log_tail=_log_tail(run_dir, unreadable),
+        config_text=_read_text(run_dir / CONFIG_FILE) if CONFIG_FILE not in unreadable else "",
         epochs=epochs,
         steps_table=steps_table,
         telemetry_table=telemetry_table,
+        test_skipped=str(skipped) if skipped else None,
+        incidents=[e for e in events if e.get("moment") == "on_incident"],
+        bad_lines=bad_lines,
+        unreadable=unreadable,
     )
     report.findings = find(report)
     return report
+
+
+def _optional(name: str, unreadable: dict, read: Callable[[], Any], default: Any) -> Any:
+    """What `read` returns, or `default` with the reason kept in `unreadable[name]` when the file cannot be read."""
+    try:
+        return read()
+    except (FactsError, OSError, ValueError) as exc:
+        unreadable[name] = _why(exc)
+        return default
+
+
+def _why(exc: BaseException) -> str:
+    """An error as a short reason: its message, or its type when it has none."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text[:300] or type(exc).__name__
 
 
 def _epoch_table(scalars: pd.DataFrame) -> pd.DataFrame:
@@ -130,25 +178,50 @@ def _last(events: list, moment: str) -> Optional[dict]:
     return next((e for e in reversed(events) if e.get("moment") == moment), None)
 
 
-def _read_json(path: Path) -> dict:
-    """A JSON object file, or {} when absent or unreadable (these files are optional for a report)."""
+def _mapping(value: Any) -> dict:
+    """A dict as it is; anything else as an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite number as float; None when absent or not a number (never 0 for a missing value)."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _read_json(run_dir: Path, name: str, unreadable: dict) -> dict:
+    """A JSON object file of the run, or {} when absent; when present but unusable, {} and the reason in `unreadable`."""
+    path = run_dir / name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError) as exc:
+        unreadable[name] = _why(exc) if not isinstance(exc, ValueError) else f"not valid JSON ({_why(exc)})"
+        return {}
+    if not isinstance(data, dict):
+        unreadable[name] = f"it holds a JSON {type(data).__name__}, not an object"
+        return {}
+    return data
 
 
 def _read_text(path: Path) -> str:
-    """A text file's contents, or '' when absent."""
+    """A text file's contents, or '' when absent or unreadable."""
     try:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return ""
 
 
-def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
-    """The last `lines` lines of the run's log (carriage-return progress redraws collapsed)."""
-    text = _read_text(path)
+def _log_tail(run_dir: Path, unreadable: dict, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` lines of the run's log (carriage-return progress redraws collapsed); why not, in `unreadable`."""
+    try:
+        text = (run_dir / STDOUT_LOG).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        unreadable[STDOUT_LOG] = _why(exc)
+        return []
     rows = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
     return rows[-lines:]

@@ -136,10 +136,20 @@ def plot_curves(report_or_run_dir: Union[RunReport, str, Path], path: Union[str,
 
 
 def write_report_figures(report: RunReport, output_dir: Union[str, Path]) -> dict[str, Path]:
-    """Write telemetry.png and curves.png into `output_dir`; returns {"telemetry": path, "curves": path}."""
+    """Write telemetry.png and curves.png into `output_dir`; returns {"telemetry": path, "curves": path}.
+
+    A figure that cannot be drawn or written (odd facts, a full disk) is left out of the result and
+    its reason kept in `report.figure_errors[key]`, so the report's section says why instead of failing.
+    """
     output_dir = Path(output_dir)
-    return {"telemetry": plot_telemetry(report, output_dir / TELEMETRY_FIGURE),
-            "curves": plot_curves(report, output_dir / CURVES_FIGURE)}
+    written = {}
+    for key, plot, name in (("telemetry", plot_telemetry, TELEMETRY_FIGURE), ("curves", plot_curves, CURVES_FIGURE)):
+        try:
+            written[key] = plot(report, output_dir / name)
+        except Exception as exc:  # a figure is never worth the report: any failure is recorded, not raised
+            text = " ".join(str(exc).split())[:300]
+            report.figure_errors[key] = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return written
 
 
 def _loss_panel(ax: Axes, report: RunReport, scale: float) -> None:

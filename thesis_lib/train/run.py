@@ -31,8 +31,8 @@ from ..config import Config
 from ..data import make_loaders
 from ..errors import CheckpointError, NonFiniteLossError, ReportError
 from ..devices import resolve_device
-from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE, MODEL_INFO_FILE,
-                      TELEMETRY_FILE)
+from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, EVENTS_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE,
+                      MODEL_INFO_FILE, TELEMETRY_FILE)
 from ..record.writer import RunWriter
 from ..record.env import collect_env
 from ..record.schema import config_hash, scalar_columns
@@ -257,7 +257,7 @@ class TrainingRun:
             writer.event(moment, **payload)
             return True
         except OSError as exc:
-            path = getattr(exc, "filename", None) or getattr(writer, "events_path", "facts/events.jsonl")
+            path = getattr(exc, "filename", None) or self.run_dir / EVENTS_FILE
             print(f"[{self.run_id}] warning: could not write {moment} to {path}: {_os_error_text(exc)}")
             return False
 
