@@ -281,6 +281,9 @@ def test_plateau_ended_by_an_lr_cut(tmp_path):
     ("early_stopping", "STOPPED", "Stopped early", "did not improve for 2 epochs after its best 0.796 at epoch 5"),
     ("interrupted", "STOPPED", "Interrupted", "Stopped by the user (KeyboardInterrupt) after 6 of 6 epochs"),
     ("max_epochs", "COMPLETED", "Reached the epoch limit", "All 6 of 6 epochs ran (trainer.epochs = 6)."),
+    ("signal: SIGTERM", "STOPPED", "Stopped by SIGTERM", "(SLURM, HTCondor, Kubernetes, docker stop) sent SIGTERM "
+     "after 6 of 6 epochs"),
+    ("signal: SIGUSR1", "STOPPED", "Stopped by SIGUSR1", "SLURM's --signal warning"),
 ])
 def test_why_it_stopped(tmp_path, reason, status, title, text):
     finding = load_run_report(write_run(tmp_path, status=status, stop_reason=reason)).findings[0]

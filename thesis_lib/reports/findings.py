@@ -111,6 +111,12 @@ def _stop(report: RunReport) -> list[Finding]:
         return [Finding("Interrupted", f"Stopped by the user (KeyboardInterrupt) after {planned} epochs; facts and "
                         "checkpoints up to the last finished epoch were written.", f"stop_reason = interrupted; "
                         f"last epoch in {_SCALARS}: {_last_epoch(report)}", "stop")]
+    if reason.startswith("signal: "):
+        name = reason.split(": ", 1)[1]
+        who = _SIGNAL_SENDERS.get(name, "a process")
+        return [Finding(f"Stopped by {name}", f"{who} sent {name} after {planned} epochs; the run finished its "
+                        "step and wrote last.pt, model.pt (the best epoch's weights) and its facts before it ended.",
+                        f"stop_reason = {reason}; last epoch in {_SCALARS}: {_last_epoch(report)}", "stop")]
     if reason == "max_epochs":
         return [Finding("Reached the epoch limit", f"All {planned} epochs ran (trainer.epochs = {cfg.epochs}).",
                         f"stop_reason = max_epochs; epochs completed = {done}", "stop")]
@@ -178,6 +184,14 @@ def _bad_lines(report: RunReport) -> list[Finding]:
     if count > 10:
         evidence += f"; and {count - 10} more"
     return [Finding("Skipped unreadable lines", text, evidence, "bad_lines", "warning")]
+
+
+# Who usually sends a stop signal, for the finding's wording.
+_SIGNAL_SENDERS = {
+    "SIGTERM": "The batch system or container runtime (SLURM, HTCondor, Kubernetes, docker stop)",
+    "SIGINT": "The user (Ctrl-C or a notebook's Interrupt)",
+    "SIGUSR1": "SLURM's --signal warning (the job's time is running out)",
+}
 
 
 def _non_finite(report: RunReport) -> Finding:
