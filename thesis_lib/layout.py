@@ -28,6 +28,9 @@ __all__ = ["RUN_LAYOUT", "SWEEP_LAYOUT", "REPORT_LAYOUT", "create_run_dir", "san
 RUNS_DIR = "runs"  # <output_root>/runs/<run_id>/: one run directory each; a sweep has its own runs/
 SWEEPS_DIR = "multiruns"  # <output_root>/multiruns/exp_<stamp>_<name>/: one sweep directory each
 REPORTS_DIR = "reports"  # <output_root>/reports/report_<stamp>_<name>/: one sweep report each
+# <output_root>/.multiruns.lock: held (thesis_lib.run_lock) for the moment a sweep finds or creates its
+# directory under multiruns/, so two identical sweeps started together share one directory.
+SWEEPS_LOCK = ".multiruns.lock"
 
 # --- a run directory -------------------------------------------------------------------------------
 CONFIG_FILE = "config.yaml"
@@ -55,6 +58,10 @@ ONNX_EXPORT = "model.onnx"
 DRIVER_NOTEBOOK = "train.ipynb"
 RUN_REPORT_DIR = "report"
 REPORT_BACKLINKS = "reports.txt"
+# The writer lock (thesis_lib.run_lock): the guard file stays; the holder record exists only while a
+# process writes the run (a crash leaves it behind, and the next writer takes it over).
+WRITER_LOCK = "writer.lock"
+WRITER_RECORD = "writer.json"
 # A report folder (a run's report/ or a sweep report directory) holds the executed template
 # exported under one stem; images of the Markdown go to <stem>_files/.
 REPORT_STEM = "report"
@@ -96,16 +103,21 @@ RUN_LAYOUT: dict[str, str] = {
     f"{RUN_REPORT_DIR}/{CURVES_FIGURE}": "loss and metric curves per epoch",
     f"{RUN_REPORT_DIR}/{RUN_REPORT_NOTEBOOK}": "the executed report template, outputs and all",
     REPORT_BACKLINKS: "the sweep reports that included this run, one path a line",
+    WRITER_LOCK: f"the writer lock's guard (thesis_lib.run_lock); while a process writes the run, {WRITER_RECORD} "
+                 "beside it names that process: pid, host, start, batch job, what it is doing, heartbeat",
 }
 
 # --- a sweep directory -----------------------------------------------------------------------------
 SWEEP_FILE = "sweep.yaml"
 SWEEP_NOTEBOOKS_DIR = "notebooks"
+SWEEP_LOCKS_DIR = "locks"
 
 SWEEP_LAYOUT: dict[str, str] = {
     SWEEP_FILE: "base config, grid, seeds, executor and each point's state, rewritten as points finish",
     RUNS_DIR: "the sweep's run directories",
     SWEEP_NOTEBOOKS_DIR: "driver notebooks being executed (via='notebook'); each moves into its run when done",
+    SWEEP_LOCKS_DIR: "<point config hash>.lock per point: the process running a point holds its lock "
+                     "(the .json beside it names that process while it runs), so no point runs twice at once",
 }
 
 # --- a sweep report directory ----------------------------------------------------------------------

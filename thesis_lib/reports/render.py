@@ -10,6 +10,7 @@ the same template's cells in this process (`template_exec`), so both paths share
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -17,6 +18,7 @@ from typing import Any, Mapping, Optional, Union
 from ..errors import FactsError, ReportError
 from ..atomic_files import atomic_write_bytes, atomic_write_text
 from ..layout import CURVES_FIGURE, EVENTS_FILE, REPORT_MARKDOWN, REPORT_STEM, RUN_REPORT_DIR, TELEMETRY_FIGURE
+from ..run_lock import hold_run_lock
 from .template_exec import RUN_REPORT_TEMPLATE, run_template
 
 __all__ = ["RUN_REPORT_TEMPLATE", "render_notebook", "export_notebook", "render_run_report", "write_run_report_markdown"]
@@ -153,15 +155,18 @@ def render_run_report(
         FactsError: `run_dir` is not a run directory.
         ImportError: papermill or nbconvert is missing (use `write_run_report_markdown` instead).
         ReportError: a template cell or the export failed; names the run directory and the error.
+        RunLockedError: the report goes into the run directory and another process writes it
+            (its message names that process); fit's own `finish` holds the lock already.
     """
     run_dir = _check_run_dir(run_dir)
     output_dir = Path(output_dir) if output_dir is not None else run_dir / RUN_REPORT_DIR
     parameters = {"run_dir": str(run_dir.resolve()), "output_dir": str(output_dir.resolve())}
-    try:
-        paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name=REPORT_STEM,
-                                kernel_name=kernel_name, timeout=timeout)
-    except ReportError as exc:
-        raise ReportError(f"run report for {run_dir}: {exc}") from exc
+    with _writer_lock(run_dir, output_dir):
+        try:
+            paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name=REPORT_STEM,
+                                    kernel_name=kernel_name, timeout=timeout)
+        except ReportError as exc:
+            raise ReportError(f"run report for {run_dir}: {exc}") from exc
     for key, filename in (("telemetry", TELEMETRY_FIGURE), ("curves", CURVES_FIGURE)):
         if (output_dir / filename).is_file():
             paths[key] = output_dir / filename
@@ -192,13 +197,25 @@ def write_run_report_markdown(
         FactsError: `run_dir` is not a run directory or its facts cannot be read.
         ReportError: the template is missing or unreadable. Other errors of a cell propagate with a
             note naming the cell.
+        RunLockedError: the report goes into the run directory and another process writes it.
     """
     run_dir = _check_run_dir(run_dir)
     output_dir = Path(output_dir) if output_dir is not None else run_dir / RUN_REPORT_DIR
-    run = run_template(template or RUN_REPORT_TEMPLATE, {"run_dir": str(run_dir), "output_dir": str(output_dir)})
-    output_dir.mkdir(parents=True, exist_ok=True)
-    markdown = atomic_write_text(output_dir / REPORT_MARKDOWN, run.markdown)
+    with _writer_lock(run_dir, output_dir):
+        run = run_template(template or RUN_REPORT_TEMPLATE, {"run_dir": str(run_dir), "output_dir": str(output_dir)})
+        output_dir.mkdir(parents=True, exist_ok=True)
+        markdown = atomic_write_text(output_dir / REPORT_MARKDOWN, run.markdown)
     return {"markdown": markdown, **run.namespace.get("figures", {})}
+
+
+def _writer_lock(run_dir: Path, output_dir: Path) -> contextlib.AbstractContextManager:
+    """The run's writer lock when the report goes into the run directory (RunLockedError while another
+    process writes it; re-entrant under fit's `finish`); nothing for a report written elsewhere, which
+    leaves the run directory untouched and so renders from a read-only copy too."""
+    run_abs, out_abs = run_dir.resolve(), output_dir.resolve()
+    if out_abs == run_abs or run_abs in out_abs.parents:
+        return hold_run_lock(run_dir, "rendering the run report")
+    return contextlib.nullcontext()
 
 
 def _check_run_dir(run_dir: Union[str, Path]) -> Path:

@@ -34,12 +34,13 @@ import yaml
 
 from ..shipped import shipped_notebook
 from ..version import __version__
-from ..errors import ConfigError, FactsError, ReportError
+from ..errors import ConfigError, FactsError, ReportError, RunLockedError
 from ..facts import discover_runs, load_runs
 from ..atomic_files import atomic_write_text
 from ..layout import (SWEEP_REPORT_NOTEBOOK, FIGURES_DIR, INFERENCE_DIR, MANIFEST_FILE, REPORT_BACKLINKS, REPORT_STEM, REPORTS_DIR, RUNS_DIR,
                       SUMMARY_CSV, SUMMARY_JSON, SWEEP_FILE, SWEEPS_DIR, TRAINING_DIR, sanitize_run_name)
 from ..record.writer import to_plain
+from ..run_lock import hold_run_lock
 from .analyses import (AnalysisContext, AnalysisOutput, check_which_figures, energy_per_run, filter_tasks, get_analysis,
                        select_runs)
 from .render import render_notebook
@@ -317,14 +318,21 @@ def _listed(run_dirs) -> Optional[list[str]]:
 
 
 def _write_backlinks(report: SweepReport) -> None:
-    """Append this report to each analysed run's reports.txt; a read-only run is warned about, not fatal."""
+    """Append this report to each analysed run's reports.txt under the run's writer lock.
+
+    A run another process is writing (RunLockedError) or a read-only run gets no backlink: a
+    warning names the run and why (the holder: pid, host, job, what it does), and the report goes on.
+    """
     stamp = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     line = f"{stamp}\t{report.analysis}\t{report.report_dir.resolve()}\n"
     for run_dir in report.runs_df["run_dir"]:
         try:
-            with open(Path(run_dir) / REPORT_BACKLINKS, "a", encoding="utf-8") as handle:
-                handle.write(line)
-        except OSError as exc:
+            with hold_run_lock(run_dir, "adding a sweep report's backlink", heartbeat_every_s=None):
+                with open(Path(run_dir) / REPORT_BACKLINKS, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+        except RunLockedError as exc:
+            warnings.warn(f"skipped the backlink to {run_dir}/{REPORT_BACKLINKS}: {exc}", stacklevel=3)
+        except (OSError, FactsError) as exc:
             warnings.warn(f"could not add a backlink to {run_dir}/{REPORT_BACKLINKS}: {exc}", stacklevel=3)
 
 

@@ -7,11 +7,21 @@ atomically after every point, so a killed sweep still says which points finished
 Re-running the same sweep (same name, same spec hash) reuses the latest such directory and
 skips every point whose run there ended COMPLETED, or STOPPED by early stopping; failed,
 crashed and interrupted points run again.
+
+Two identical sweeps started together (or one sweep submitted as several batch jobs) share one
+directory (it is found or created under `<output_root>/.multiruns.lock`) and never run a point
+twice: each point is claimed before it starts (point.py). A point another live process is running
+is put aside ("running in another process", printed, status RUNNING in sweep.yaml meanwhile); once
+the sweep's other points are done it waits for that claim, and then reports the other process's
+run as the point's outcome (`PointResult.skipped`, `elsewhere` naming who ran it), or runs the
+point itself if that process died without ending it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -28,9 +38,11 @@ from ..config import Config
 from ..durations import format_duration
 from ..errors import ConfigError, FactsError
 from ..facts import read_config, read_events, run_status
-from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_FILE, SWEEPS_DIR, sanitize_run_name
+from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_FILE, SWEEPS_DIR, SWEEPS_LOCK, sanitize_run_name
 from ..atomic_files import atomic_write_text
+from ..run_lock import hold_lock
 from .executors import PointOutcome, PointTask, check_executor, make_executor
+from .point import RUNNING_ELSEWHERE
 from .grid import SweepPoint, expand_grid, point_config_hash, resolve_base, spec_hash
 
 __all__ = ["sweep", "SweepResult", "PointResult", "VIAS"]
@@ -55,6 +67,7 @@ class PointResult:
     config_hash: str = ""
     duration_s: Optional[float] = None
     traceback: Optional[str] = None  # the last frames, when the point raised
+    elsewhere: Optional[str] = None  # another process ran the point (skipped), or runs it (status RUNNING): which
 
 
 @dataclass
@@ -130,9 +143,12 @@ def sweep(
     seeds_used = list(dict.fromkeys(p.seed for p in points))
     spec = spec_hash(base_dict, grid or {}, seeds_used)
     label = sanitize_run_name(name)
-    directory = _locate_sweep_dir(sweep_dir, base_dict["output_root"], label, spec)
-    record = _SweepRecord(directory, name=label, spec=spec, base=base_dict, grid=grid or {}, seeds=seeds_used,
-                          executor=_executor_label(executor, scheduler), via=via)
+    with _locating(sweep_dir, base_dict["output_root"], label):
+        directory = _locate_sweep_dir(sweep_dir, base_dict["output_root"], label, spec)
+        record = _SweepRecord(directory, name=label, spec=spec, base=base_dict, grid=grid or {}, seeds=seeds_used,
+                              executor=_executor_label(executor, scheduler), via=via)
+        if not record.path.is_file():  # an identical sweep started a moment later finds this directory
+            record.write([], state="planning")
     results, tasks = _plan(points, directory, via, str(notebook_path.resolve()))
     record.write(results, state="running")
     skipped = sum(r.skipped for r in results)
@@ -144,22 +160,37 @@ def sweep(
     else:
         record.write(results, state="finished")
     counts = _counts(results)
-    print(f"[sweep {label}] finished: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" -> {directory}")
+    elsewhere = sum(r.elsewhere is not None and r.skipped for r in results)
+    ran_elsewhere = f" ({elsewhere} of them run by another process meanwhile)" if elsewhere else ""
+    print(f"[sweep {label}] finished: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ran_elsewhere
+          + f" -> {directory}")
     return SweepResult(directory, results, counts, spec)
 
 
 def _execute(tasks, results, record, progress, executor, max_workers, scheduler) -> None:
-    """Run the tasks on the executor, updating results, sweep.yaml and the progress line per point."""
+    """Run the tasks on the executor, updating results, sweep.yaml and the progress line per point.
+
+    Points another process is running come back RUNNING; they run again in a second round whose
+    tasks wait for the other process's claim (and then adopt its run, or run the point).
+    """
     by_name = {r.name: r for r in results}
     runner = make_executor(executor, max_workers=max_workers, scheduler=scheduler)
     progress.workers = runner.workers
     state = "interrupted"
     try:
-        for task, outcome in runner.run(tasks):
-            result = by_name[task.name]
-            _apply(result, outcome)
-            record.write(results, state="running")
-            progress.point_done(result)
+        pending = list(tasks)
+        while pending:
+            put_aside = []
+            for task, outcome in runner.run(pending):
+                result = by_name[task.name]
+                _apply(result, outcome)
+                record.write(results, state="running")
+                if outcome.status == RUNNING_ELSEWHERE and outcome.elsewhere is not None and not task.wait_for_claim:
+                    put_aside.append(dataclasses.replace(task, wait_for_claim=True))
+                    progress.point_elsewhere(result)
+                else:
+                    progress.point_done(result)
+            pending = put_aside
         state = "finished"
     finally:
         record.write(results, state=state)
@@ -172,11 +203,13 @@ def _apply(result: PointResult, outcome: PointOutcome) -> None:
     result.error = outcome.error
     result.duration_s = outcome.duration_s
     result.traceback = outcome.traceback
+    result.elsewhere = outcome.elsewhere
+    result.skipped = outcome.elsewhere is not None and outcome.status != RUNNING_ELSEWHERE  # another process ran it
 
 
 def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) -> tuple[list[PointResult], list[PointTask]]:
     """A PointResult per point (skipped where an earlier run completed it) and the tasks still to run."""
-    finished, run_ids = _completed_runs(directory)
+    finished, run_ids, ended = _completed_runs(directory)
     results, tasks = [], []
     for point in points:
         done = finished.get(point.config_hash)
@@ -190,17 +223,20 @@ def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) ->
         config["output_root"], config["run_name"] = str(directory), point.name
         marker = f"_{sanitize_run_name(point.name)}_"
         tasks.append(PointTask(point.name, config, via, str(directory), notebook if via == "notebook" else None,
-                               known_run_ids=tuple(r for r in run_ids if marker in r)))
+                               known_run_ids=tuple(r for r in run_ids if marker in r),
+                               ended_run_ids=tuple(r for r in ended if marker in r)))
     return results, tasks
 
 
-def _completed_runs(directory: Path) -> tuple[dict[str, tuple[Path, str]], list[str]]:
-    """{point config hash: (run_dir, status)} of runs under the sweep that completed, and all run ids there."""
+def _completed_runs(directory: Path) -> tuple[dict[str, tuple[Path, str]], list[str], list[str]]:
+    """{point config hash: (run_dir, status)} of runs under the sweep that completed, all run ids there,
+    and the ids of those that had ended (COMPLETED, STOPPED, FAILED): a point never adopts one of these
+    as a concurrent sweep's outcome."""
     runs_root = directory / RUNS_DIR
     if not runs_root.is_dir():
-        return {}, []
+        return {}, [], []
     finished: dict[str, tuple[Path, str]] = {}
-    run_ids = []
+    run_ids, ended = [], []
     for run_dir in sorted(p for p in runs_root.iterdir() if p.is_dir()):
         run_ids.append(run_dir.name)
         try:
@@ -210,9 +246,21 @@ def _completed_runs(directory: Path) -> tuple[dict[str, tuple[Path, str]], list[
             continue  # an unreadable run never counts as done: its point runs again
         start = next((e for e in reversed(events) if e.get("moment") == "on_start"), None)
         status, reason = run_status(events, start)
+        if status in ("COMPLETED", "STOPPED", "FAILED"):
+            ended.append(run_dir.name)
         if status == "COMPLETED" or (status == "STOPPED" and reason == "early_stopping"):
             finished[point_config_hash(config)] = (run_dir, status)  # sorted by id: the latest wins
-    return finished, run_ids
+    return finished, run_ids, ended
+
+
+def _locating(sweep_dir, output_root: str, label: str):
+    """Held while a sweep finds or creates its directory and writes its sweep.yaml (none for a given sweep_dir)."""
+    if sweep_dir is not None:
+        return contextlib.nullcontext()
+    root = Path(output_root)
+    root.mkdir(parents=True, exist_ok=True)
+    return hold_lock(root / SWEEPS_LOCK, f"finding the directory of sweep {label}",
+                     subject=f"the sweep directories under {root / SWEEPS_DIR}", wait_s=60.0, heartbeat_every_s=None)
 
 
 def _locate_sweep_dir(sweep_dir, output_root: str, label: str, spec: str) -> Path:
@@ -326,6 +374,7 @@ class _SweepRecord:
             "duration_s": round(result.duration_s, 3) if result.duration_s is not None else None,
             "error": result.error,
             "traceback": result.traceback,
+            "elsewhere": result.elsewhere,
         }
 
 
@@ -357,6 +406,10 @@ class _Progress:
         remaining = self.to_run - self.finished_now
         running = min(self.workers, remaining)
         eta = self.seconds / self.finished_now * remaining / max(self.workers, 1)
+        how = "run by another process" if result.skipped else f"in {result.duration_s or 0.0:.1f}s"
         print(f"[sweep {self.label}] {self.done}/{self.total} done, {self.failed} failed, {running} running, "
-              f"ETA {format_duration(eta)} (last: {result.name} {result.status} in {result.duration_s or 0.0:.1f}s)",
-              flush=True)
+              f"ETA {format_duration(eta)} (last: {result.name} {result.status} {how})", flush=True)
+
+    def point_elsewhere(self, result: PointResult) -> None:
+        print(f"[sweep {self.label}] {result.name} is running in another process ({result.elsewhere}); "
+              "waiting for it after the other points", flush=True)
