@@ -138,6 +138,9 @@ def test_a_lock_whose_holder_died_is_taken_over_with_a_note(events, tmp_path):
     assert moments(run_dir).count("on_start") == 2
     assert f"run lock: took over the lock on run directory {run_dir}" in (run_dir / "logs" / "stdout.log").read_text()
     assert not (run_dir / "writer.json").exists(), "a clean exit leaves no holder record"
+    events_ = [json.loads(line) for line in (run_dir / "facts" / "events.jsonl").read_text().splitlines()]
+    (incident,) = [e for e in events_ if e["moment"] == "on_incident"]
+    assert incident["part"] == "lock" and f"pid {holder.pid}" in incident["message"]
 
 
 def test_fit_holds_the_lock_and_its_finish_renders_the_report_under_it(events, tmp_path):

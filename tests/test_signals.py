@@ -316,3 +316,37 @@ def test_a_log_on_a_full_disk_is_dropped_with_one_note_and_printing_goes_on(smal
     assert done.stderr.count("No space left on device") == 1 and str(log) in done.stderr
     assert "STILL RUNNING" in done.stdout
     assert f"INCIDENTS [('stdout_log', '{log}')]" in done.stdout
+
+
+def test_sigterm_to_a_dask_worker_stops_its_point_gracefully(events, tmp_path):
+    """The worker runs the point in a thread; the executor's plugin routes the worker's SIGTERM to it."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    from thesis_lib import sweep
+
+    base = {"output_root": str(tmp_path / "out"), "data": {"path": str(events), "batch_size": 16},
+            "model": {"encoder": "transformer", "hidden_dim": 32, "num_layers": 1, "latent_dim": 8},
+            "trainer": {"epochs": 10000, "sync_every_n_steps": 1}, "report": {"enabled": False}}
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        results = []
+        runner = threading.Thread(target=lambda: results.append(
+            sweep(base, {"model.latent_dim": [8]}, name="preempted", executor=client)))
+        runner.start()
+        (worker_pid,) = client.run(os.getpid).values()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            found = list((tmp_path / "out").glob("multiruns/*/runs/*/facts/events.jsonl"))
+            if found and found[0].read_text().count('"on_epoch_end"') >= 1:
+                break
+            time.sleep(0.1)
+        os.kill(worker_pid, signal.SIGTERM)
+        runner.join(120)
+    assert not runner.is_alive()
+    run_dir = found[0].parents[1]
+    (end,) = _moment(run_dir, "on_train_end")
+    assert end["status"] == "STOPPED" and end["stop_reason"] == "signal: SIGTERM"
+    assert (run_dir / "model.pt").is_file()
+    assert results[0].points[0].status == "STOPPED"

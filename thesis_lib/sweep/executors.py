@@ -87,9 +87,10 @@ class InlineExecutor:
         for task in tasks:
             outcome = self.task_fn(task)
             yield task, outcome
-            if outcome.stop_reason == "interrupted":
-                # train() turns Ctrl-C into a STOPPED run; here the user meant the whole sweep.
-                raise KeyboardInterrupt(f"sweep interrupted during {task.name}")
+            if outcome.stop_reason == "interrupted" or (outcome.stop_reason or "").startswith("signal: "):
+                # train() turns Ctrl-C, or a batch system's SIGTERM, into a STOPPED run; the user
+                # (or the scheduler) meant the whole sweep.
+                raise KeyboardInterrupt(f"sweep interrupted during {task.name} ({outcome.stop_reason})")
 
     def close(self) -> None:
         """Nothing to release."""

@@ -146,6 +146,12 @@ class DaskExecutor:
             self._cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                          dashboard_address=None)
             self.client = Client(self._cluster)
+        # A worker runs a point in one of its threads, where Python cannot install signal handlers:
+        # this plugin routes each worker's SIGTERM/SIGINT/SIGUSR1 (a batch system's preemption) to
+        # the runs it holds, which then stop gracefully (workers that join later get it too).
+        from .dask_plugin import StopRunsOnSignal
+
+        self.client.register_plugin(StopRunsOnSignal(), name="thesis-lib-stop-runs-on-signal")
         # Points run concurrently on every worker thread; an adaptive cluster may have none yet.
         self.workers = max(sum(self.client.nthreads().values()), 1)
 

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 from ..config import Config, flatten_dict, load_config
 from ..errors import CheckpointError, ConfigError, RunLockedError
 from ..devices import resolve_device
-from ..layout import STDOUT_LOG, create_run_dir
+from ..layout import STDOUT_LOG, WRITER_LOCK, create_run_dir
 from ..run_lock import hold_run_lock
 from .checkpoint import load_checkpoint, resolve_last_checkpoint
 from .distributed import DistributedContext
@@ -95,8 +95,9 @@ def fit(
                 with silence_output() as capture:
                     return run.execute(run_dir, run_id, capture, None)
             with capture_output(run_dir / STDOUT_LOG) as capture:
-                for note in notes:  # a stale lock taken over: said in the run's log
+                for note in notes:  # a stale lock taken over: said in the run's log, recorded in its facts
                     print(f"[{run_id}] run lock: {note}")
+                    capture.incidents.append({"part": "lock", "message": note, "path": str(run_dir / WRITER_LOCK)})
                 return run.execute(run_dir, run_id, capture, dashboard, finish)
     finally:
         ddp.close()
