@@ -2,7 +2,8 @@
 
 A file holds root attributes (`layout_version`, feature, token-type and label names) and one
 group per split with `tokens_id [N, T]`, `tokens_cont [N, T, C]`, `globals [N, G]` and
-`labels [N]`. `EventFile` reads it back by block, and the seed's legacy flat layout too.
+`labels [N]`. `EventFile` reads it back by block, and the seed's legacy flat layout too; `RowCheck`
+finds bad rows (NaN or inf, ids or labels out of range) in what is read.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "DEFAULT_CONT_FEATURES",
     "DEFAULT_GLOBALS_FEATURES",
     "EventFile",
+    "RowCheck",
     "write_events",
 ]
 
@@ -413,6 +415,8 @@ class EventFile:
                         block = np.rint(ds[start:start + _SCAN_ROWS, : self.n_tokens])
                     else:
                         block = ds[start:start + _SCAN_ROWS]
+                    if block.dtype.kind == "f":  # a legacy float column: NaN is bad data, found by RowCheck
+                        block = np.where(np.isfinite(block), block, 0)
                     cached = max(cached, int(np.max(block, initial=0)))
             if what == "ids":
                 self._max_id = cached
@@ -437,6 +441,14 @@ class EventFile:
                 ds = f[self._label_paths[split]] if name == "labels" else f[f"X_{split}"]
             self._datasets[(split, name)] = ds
         return ds
+
+    def dataset_name(self, split: str, name: str) -> str:
+        """The HDF5 dataset holding `name` of `split`: /train/tokens_cont, or legacy /X_train (its columns)."""
+        if self.layout == "tokens":
+            return f"/{split}/{name}"
+        if name == "labels":
+            return f"/{self._label_paths[split]}"
+        return f"/X_{split} ({name} columns)"
 
     def num_rows(self, split: str) -> int:
         """Number of events in `split`."""
@@ -495,3 +507,95 @@ class EventFile:
         # token-major: column t+2 + 4*i + k is feature k of token i
         out["tokens_cont"][:] = x[:, t + 2:].reshape(len(x), t, 4)
         return out
+
+
+def _name_list(names: Sequence[str], most: int = 8) -> str:
+    """'pad, jet, bjet' (the first `most` names, then how many more) for an error message."""
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+
+def _all_below(values: np.ndarray, bound: int) -> bool:
+    """Whether every integer is in [0, bound): one max over the values read as unsigned (a negative is huge)."""
+    if values.size == 0:
+        return True
+    if values.dtype.kind == "i":
+        values = values.view(values.dtype.str.replace("i", "u"))
+    return int(values.max()) < bound
+
+
+class RowCheck:
+    """Bad rows of one split, found block by block as data is read; `error` names the first and the count.
+
+    What is bad: a NaN or inf among the features of a valid token (tokens_id != 0; padding is
+    zeroed by the normalization, so a non-finite padding value is harmless) or among the globals;
+    a token id outside [0, len(token_types)); a label outside [0, len(label_names)). Every check is
+    vectorised over the whole block (numpy, one thread), and a clean block costs one pass per
+    dataset: an unsigned max for ids and labels, an isfinite for the features.
+    """
+
+    def __init__(self, event_file: EventFile, split: str) -> None:
+        self.event_file, self.split = event_file, split
+        self.n_token_types, self.n_classes = event_file.n_token_types, event_file.n_classes
+        # dataset -> [first bad row, bad rows, the first row's bad value, what is wrong, what was expected]
+        self.found: dict[str, list] = {}
+
+    def add(self, start: int, block: Mapping[str, np.ndarray]) -> bool:
+        """Check rows [start, start + len) of the split (a read_block result, before normalization); True if clean."""
+        ids, labels = block["tokens_id"], block["labels"]
+        clean = True
+        if not _all_below(ids, self.n_token_types):
+            bad = (ids < 0) | (ids >= self.n_token_types)
+            clean &= self._record("tokens_id", start, bad.any(axis=1), ids[bad],
+                                  "token id {} is outside the vocabulary",
+                                  f"ids in [0, {self.n_token_types}) (token_types: "
+                                  f"{_name_list(self.event_file.token_types)})")
+        if not _all_below(labels, self.n_classes):
+            bad = (labels < 0) | (labels >= self.n_classes)
+            clean &= self._record("labels", start, bad, labels[bad], "label {} is outside the label names",
+                                  f"labels in [0, {self.n_classes}) (label_names: "
+                                  f"{_name_list(self.event_file.label_names)})")
+        for name in ("tokens_cont", "globals"):
+            x = block[name]
+            if not np.isfinite(x).all():  # only then is the block searched row by row
+                bad = ~np.isfinite(x)
+                if name == "tokens_cont":
+                    bad &= (ids != 0)[..., None]
+                clean &= self._record(name, start, bad.reshape(len(x), -1).any(axis=1), x[bad],
+                                      "non-finite value {}" + (" in a valid token's features" if name == "tokens_cont"
+                                                               else ""), "finite numbers")
+        return clean
+
+    def _record(self, name: str, start: int, bad_rows: np.ndarray, bad_values: np.ndarray, what: str,
+                expected: str) -> bool:
+        """Add one dataset's bad rows of a block; True when there were none (non-finite padding only)."""
+        count = int(np.count_nonzero(bad_rows))
+        if not count:
+            return True
+        entry = self.found.get(name)
+        if entry is None:
+            self.found[name] = [start + int(np.argmax(bad_rows)), count, bad_values[0].item(), what, expected]
+        else:
+            entry[1] += count
+        return False
+
+    def error(self, start: int, stop: int, note: str = "") -> DataError | None:
+        """The DataError for what rows [start, stop) held, or None when they were clean."""
+        if not self.found:
+            return None
+        lines = []
+        for name in DATASETS:
+            if name not in self.found:
+                continue
+            first, count, value, what, expected = self.found[name]
+            lines.append(f"{self.event_file.path}: split {self.split}, dataset "
+                         f"{self.event_file.dataset_name(self.split, name)}: {count} bad row{'s' if count != 1 else ''} "
+                         f"among rows [{start}, {stop}){note}; the first is row {first}: {what.format(value)}; "
+                         f"expected {expected}")
+        return DataError("\n".join(lines))
+
+    def raise_if_bad(self, start: int, stop: int, note: str = "") -> None:
+        """Raise `error(start, stop, note)` if there is one."""
+        err = self.error(start, stop, note)
+        if err is not None:
+            raise err

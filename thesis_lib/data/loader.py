@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import ConfigError, DataError
-from .h5 import EventFile
+from .h5 import EventFile, RowCheck
 from .normalization import Normalization, compute_normalization
 
 __all__ = ["Normalization", "compute_normalization", "EventLoader", "DataMeta", "make_loaders"]
@@ -107,8 +107,12 @@ class _BlockStream(IterableDataset):
         row = kept
         for start, stop in blocks:
             view = {k: v[row:row + stop - start] for k, v in arrays.items()}
-            # Normalized right after its read, while the block is still in cache.
-            self.normalization.apply(self.event_file.read_block(self.split, start, stop, out=view))
+            # Checked and normalized right after its read, while the block is still in cache.
+            self.event_file.read_block(self.split, start, stop, out=view)
+            check = RowCheck(self.event_file, self.split)
+            if not check.add(start, view):
+                check.raise_if_bad(start, stop, " (the block being streamed; later blocks are not yet read)")
+            self.normalization.apply(view)
             row += stop - start
         buf = {k: torch.from_numpy(v) for k, v in arrays.items()}
         for k in buf if carry is not None else ():
@@ -169,7 +173,9 @@ class EventLoader:
 
         Raises:
             ConfigError: a size, count or mode is out of range.
-            DataError: the split is missing, or the normalization does not match the file's features.
+            DataError: the split is missing, the normalization does not match the file's features,
+                or the split holds bad data (see make_loaders): checked while a memory or device
+                split loads, and as each block is read when streamed.
         """
         self.event_file = source if isinstance(source, EventFile) else EventFile(source)
         for name, value, low in (("batch_size", batch_size, 1), ("max_rows", max_rows, 0),
@@ -213,10 +219,13 @@ class EventLoader:
         """Decode and normalize the whole split block by block, then place it on its device."""
         ef, n = self.event_file, self.num_rows
         arrays = ef.empty_block(n)
+        check = RowCheck(ef, self.split)
         for start in range(0, n, self.block_rows):
             stop = min(n, start + self.block_rows)
             view = {k: v[start:stop] for k, v in arrays.items()}
-            self.normalization.apply(ef.read_block(self.split, start, stop, out=view))
+            check.add(start, ef.read_block(self.split, start, stop, out=view))
+            self.normalization.apply(view)
+        check.raise_if_bad(0, n)  # after the whole split: the count is of all its bad rows
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
         if self.mode == "device":
             tensors = {k: v.to(self.device) for k, v in tensors.items()}
@@ -336,6 +345,20 @@ class DataMeta:
         return cls(**values)
 
 
+def _check_training_rows(ef: EventFile, max_rows: int, num_shards: int) -> None:
+    """DataError unless train and val have rows (train at least one per shard): no metric over 0 samples."""
+    sizes = {s: ef.num_rows(s) for s in ef.splits}
+    listed = ", ".join(f"{s} {n}" for s, n in sizes.items())
+    for split in ("train", "val"):
+        if sizes[split] == 0:
+            raise DataError(f"{ef.path}: split {split} has no rows; training needs at least one row in train "
+                            f"and in val (the file's split sizes: {listed})")
+    rows = min(sizes["train"], max_rows) if max_rows else sizes["train"]
+    if rows < num_shards:
+        raise DataError(f"{ef.path}: split train has {rows} rows but training runs on {num_shards} processes; "
+                        f"each needs at least one row (the file's split sizes: {listed})")
+
+
 def make_loaders(data_cfg, *, device: str | torch.device, seed: int, shard: int = 0,
                  num_shards: int = 1) -> tuple[dict[str, EventLoader], DataMeta]:
     """Loaders for every split of the file in data_cfg.path, normalized with train statistics.
@@ -353,7 +376,12 @@ def make_loaders(data_cfg, *, device: str | torch.device, seed: int, shard: int 
         ({split: EventLoader} with train shuffled and val/test in file order, DataMeta).
 
     Raises:
-        DataError: the file is unreadable or lacks a train or val split.
+        DataError: the file is unreadable, lacks a train or val split, or one of them has no rows
+            (or train has fewer rows than shards: a shard would train on nothing); or a split
+            read in memory holds bad data (NaN or inf in a valid token's features or in the
+            globals, a token id outside token_types, a label outside label_names); streamed
+            splits are checked as each block is read. The message names file, split, dataset,
+            the first bad row and how many there are. Nothing is written before these checks.
         ConfigError: a loader setting is out of range.
     """
     ef = EventFile(data_cfg.path)
@@ -362,6 +390,7 @@ def make_loaders(data_cfg, *, device: str | torch.device, seed: int, shard: int 
         raise DataError(f"{ef.path}: splits {missing} not found; training needs train and val "
                         f"(the file has {list(ef.splits)})")
     max_rows = int(getattr(data_cfg, "max_events", 0))
+    _check_training_rows(ef, max_rows, num_shards)
     normalization = compute_normalization(ef, "train", max_rows=max_rows)
     eval_batch_size = int(getattr(data_cfg, "eval_batch_size", 0)) or data_cfg.batch_size
     loaders = {
@@ -375,6 +404,11 @@ def make_loaders(data_cfg, *, device: str | torch.device, seed: int, shard: int 
                            equal_shards=split == "train")
         for split in ef.splits
     }
+    train = loaders["train"]
+    if len(train) == 0:  # streamed, train's blocks are shared out whole: too few blocks leave a shard without one
+        raise DataError(f"{ef.path}: split train has {train.num_rows} rows in blocks of {train.block_rows}, too few "
+                        f"blocks for {num_shards} processes x {max(1, train.num_workers)} workers: a shard would "
+                        f"train on nothing; expected a smaller data.block_rows, fewer workers or loader=memory")
     meta = DataMeta(path=str(ef.path), layout=ef.layout, n_tokens=ef.n_tokens, cont_dim=ef.cont_dim,
                     globals_dim=ef.globals_dim, n_token_types=ef.n_token_types, n_classes=ef.n_classes,
                     cont_features=ef.cont_features, globals_features=ef.globals_features,

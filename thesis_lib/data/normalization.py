@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .h5 import EventFile
+from .h5 import EventFile, RowCheck
 
 __all__ = ["Normalization", "compute_normalization"]
 
@@ -110,7 +110,9 @@ def compute_normalization(event_file: EventFile | str | Path, split: str = "trai
         The Normalization; a feature with std below 1e-6 gets std 1.
 
     Raises:
-        DataError: the split is missing or has no rows.
+        DataError: the split is missing or has no rows, or rows hold bad data (NaN or inf in a
+            valid token's features or in the globals, a token id or label out of range): the
+            message names file, split, dataset, the first bad row and how many there are.
     """
     ef = event_file if isinstance(event_file, EventFile) else EventFile(event_file)
     n = ef.num_rows(split)
@@ -118,9 +120,12 @@ def compute_normalization(event_file: EventFile | str | Path, split: str = "trai
     if n == 0:
         raise DataError(f"{ef.path}: split {split} has no rows; cannot compute a normalization from it")
     cont, glob = _Moments(ef.cont_dim), _Moments(ef.globals_dim)
+    check = RowCheck(ef, split)
     for start in range(0, n, block_rows):
         block = ef.read_block(split, start, min(n, start + block_rows))
-        cont.update(block["tokens_cont"][block["tokens_id"] != 0])
-        glob.update(block["globals"])
+        if check.add(start, block):  # a bad block is counted, never averaged in
+            cont.update(block["tokens_cont"][block["tokens_id"] != 0])
+            glob.update(block["globals"])
+    check.raise_if_bad(0, n)  # after the whole split: the count is of all its bad rows
     (cm, cs), (gm, gs) = cont.mean_std(), glob.mean_std()
     return Normalization(cm, cs, gm, gs)

@@ -80,16 +80,23 @@ class MetricAccumulator:
     def read(self, ranks: DistributedContext = SINGLE_PROCESS, stop: bool = False) -> tuple[dict[str, float], int, bool]:
         """(means since the start, samples, stop): note: a CPU-GPU sync point, and under DDP a collective.
 
+        The means are {} when no sample was seen (over all ranks under DDP).
+
         Under DDP (`ranks.enabled`) sums and samples are summed over ranks, and `stop` rides along
         in the same collective and comes back true if any rank asked, so every rank acts on a
         user's Stop at the same step; alone they are this process's own.
         """
         self._sum_waiting()
         if not ranks.enabled:
-            return dict(zip(self.names, (s / max(self.count, 1) for s in self.sums))), self.count, stop
+            return self._means(self.sums, self.count), self.count, stop
         totals = torch.tensor([*self.sums, self.count, float(stop)], dtype=torch.float64, device=self.device)
         *sums, count, stops = ranks.all_reduce_sum(totals).tolist()
-        return dict(zip(self.names, (s / max(count, 1) for s in sums))), int(round(count)), stops > 0
+        count = int(round(count))
+        return self._means(sums, count), count, stops > 0
+
+    def _means(self, sums: Sequence[float], count: int) -> dict[str, float]:
+        """name -> sum / count; empty when no sample was seen: a mean over 0 samples is absent, not 0.0."""
+        return dict(zip(self.names, (s / count for s in sums))) if count else {}
 
     def _sum_waiting(self) -> None:
         """Add the kept steps to the host sums, in step order (one stack and one copy to the host)."""
@@ -137,6 +144,8 @@ class GradAccumulation:
 
 @dataclass
 class EpochStats:
+    """One pass's means (`metrics`, {} over 0 samples), samples, optimizer steps and timings."""
+
     metrics: dict[str, float]
     samples: int
     steps: int
@@ -145,7 +154,10 @@ class EpochStats:
     data_wait_frac: Optional[float] = None
 
     @property
-    def throughput(self) -> float:
+    def throughput(self) -> Optional[float]:
+        """Samples per second; None over 0 samples (no rate was measured)."""
+        if self.samples == 0:
+            return None
         return self.samples / self.seconds if self.seconds > 0 else float("nan")
 
 
@@ -195,6 +207,8 @@ def train_epoch(
             and a Stop seen by any rank ends the epoch on all at the same step. Samples and
             means are then global.
         names: the model's scalar names besides "loss".
+
+    An epoch of 0 samples (an empty loader) returns metrics {} and samples 0, as `evaluate` does.
 
     Without clipping the gradient norm is a diagnostic, not worth an extra pass over every
     gradient each step: it is measured at the epoch's first optimizer step and at the first one
@@ -256,7 +270,8 @@ def train_epoch(
     # note: a CPU-GPU sync point, and under DDP a collective: the epoch's end
     running, samples, stop = metrics.read(ranks, stop=hook.should_stop())
     seconds = time.perf_counter() - start
-    _check_finite(running, f"in epoch {epoch}")
+    if samples:  # over 0 samples `running` is empty: nothing was measured, nothing is non-finite
+        _check_finite(running, f"in epoch {epoch}")
     if stop:  # under DDP: a Stop after the epoch's last fixed sync point
         raise StopRequested(f"stopped by the user at the end of epoch {epoch}")
     return EpochStats(running, samples, optimizer_steps, seconds, norms.mean(), data_wait / seconds if seconds > 0 else 0.0)
@@ -305,7 +320,11 @@ def evaluate(
     names: Sequence[str],
     ranks: DistributedContext = SINGLE_PROCESS,
 ) -> EpochStats:
-    """Mean loss and metrics over `batches` in eval mode; one host sync at the end (summed over ranks under DDP)."""
+    """Mean loss and metrics over `batches` in eval mode; one host sync at the end (summed over ranks under DDP).
+
+    Over 0 samples (summed over ranks under DDP) nothing was measured: metrics is {} (no "loss"
+    key), samples 0, steps 0 and throughput None, never 0.0.
+    """
     model.eval()
     metrics = MetricAccumulator(("loss", *names), device)
     move = getattr(batches, "device", None) != device
