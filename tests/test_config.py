@@ -85,7 +85,7 @@ def test_section_must_be_mapping():
 
 
 def test_minimums_and_device_pattern():
-    with pytest.raises(ConfigError, match=r"data.batch_size=0 must be >= 1"):
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=0 is out of range: expected data\.batch_size >= 1$"):
         load_config(None, ["data.batch_size=0"])
     with pytest.raises(ConfigError, match=r"trainer.device='gpu' is not a device"):
         load_config(None, ["trainer.device=gpu"])

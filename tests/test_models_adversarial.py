@@ -232,9 +232,9 @@ def test_config_defaults_overrides_and_older_configs():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["model.adversarial.weight=-1"], "model.adversarial.weight=-1 must be >= 0"),
-    (["model.adversarial.grl_lambda=-0.5"], "model.adversarial.grl_lambda=-0.5 must be >= 0"),
-    (["model.adversarial.disc_hidden=-2"], "model.adversarial.disc_hidden=-2 must be >= 0"),
+    (["model.adversarial.weight=-1"], "model.adversarial.weight=-1 is out of range: expected model.adversarial.weight >= 0"),
+    (["model.adversarial.grl_lambda=-0.5"], "model.adversarial.grl_lambda=-0.5 is out of range: expected model.adversarial.grl_lambda >= 0"),
+    (["model.adversarial.disc_hidden=-2"], "model.adversarial.disc_hidden=-2 is out of range: expected model.adversarial.disc_hidden >= 0"),
     (["model.adversarial.wieght=1"], "unknown config key 'model.adversarial.wieght' — did you mean 'weight'?"),
     (["model.task=gan_autoencodr"], "model.task='gan_autoencodr' — did you mean 'gan_autoencoder'?"),
 ])

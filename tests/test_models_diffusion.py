@@ -175,9 +175,9 @@ def test_config_defaults_and_overrides():
 @pytest.mark.parametrize("overrides,message", [
     (["model.diffusion.steps=5", "model.diffusion.sample_steps=6"],
      "model.diffusion.sample_steps=6 must be <= model.diffusion.steps=5"),
-    (["model.diffusion.steps=1"], "model.diffusion.steps=1 must be >= 2"),
-    (["model.diffusion.sample_steps=0"], "model.diffusion.sample_steps=0 must be >= 1"),
-    (["model.diffusion.eval_timesteps=0"], "model.diffusion.eval_timesteps=0 must be >= 1"),
+    (["model.diffusion.steps=1"], "model.diffusion.steps=1 is out of range: expected model.diffusion.steps >= 2"),
+    (["model.diffusion.sample_steps=0"], "model.diffusion.sample_steps=0 is out of range: expected model.diffusion.sample_steps >= 1"),
+    (["model.diffusion.eval_timesteps=0"], "model.diffusion.eval_timesteps=0 is out of range: expected model.diffusion.eval_timesteps >= 1"),
     (["model.diffusion.stepz=5"], "unknown config key 'model.diffusion.stepz' — did you mean 'steps'?"),
 ])
 def test_config_errors_name_the_keys(overrides, message):

@@ -254,7 +254,7 @@ def test_config_figures_default_off_and_accepts_families():
         (["logging.figures=[lr,lr]"], "logging.figures: 'lr' is listed twice"),
         (["logging.figures=losses"], "logging.figures='losses': expected list of str, got str"),
         (["logging.figures=[1]"], "logging.figures[0]=1: expected str, got int"),
-        (["logging.figures_every_n_epochs=0"], "logging.figures_every_n_epochs=0 must be >= 1"),
+        (["logging.figures_every_n_epochs=0"], "logging.figures_every_n_epochs=0 is out of range: expected logging.figures_every_n_epochs >= 1"),
         (["logging.figure=[lr]"], "unknown config key 'logging.figure' — did you mean 'figures'?"),
     ],
 )

@@ -7,6 +7,7 @@ an unknown key or value names the key, the bad value, the allowed ones and the n
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -70,8 +71,63 @@ def _registry(kind: str) -> dict:
     return {"registry": kind}
 
 
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric config field (declared once, in the field's metadata).
+
+    `low`/`high` are the bounds (None: unbounded on that side), each inclusive or exclusive; a
+    float value must also be finite. `length` is for a list field: the exact number of items,
+    each of which must lie in the bounds. `None` as a value (an optional field) is not checked.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_inclusive: bool = True
+    high_inclusive: bool = True
+    length: int | None = None
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low if self.low_inclusive else value <= self.low):
+            return False
+        return self.high is None or (value <= self.high if self.high_inclusive else value < self.high)
+
+    def describe(self, key: str) -> str:
+        """The range as a condition on `key`: `key >= 1`, `0 <= key < 1`, `key > 0`."""
+        low_op = "<=" if self.low_inclusive else "<"
+        high_op = "<=" if self.high_inclusive else "<"
+        if self.low is not None and self.high is not None:
+            return f"{self.low} {low_op} {key} {high_op} {self.high}"
+        if self.low is not None:
+            return f"{key} {'>=' if self.low_inclusive else '>'} {self.low}"
+        if self.high is not None:
+            return f"{key} {high_op} {self.high}"
+        return f"{key} finite"
+
+
 def _at_least(minimum: float) -> dict:
-    return {"min": minimum}
+    """Field metadata: the value must be >= minimum."""
+    return {"range": Range(low=minimum)}
+
+
+def _above(minimum: float) -> dict:
+    """Field metadata: the value must be > minimum."""
+    return {"range": Range(low=minimum, low_inclusive=False)}
+
+
+def _between(low: float, high: float, *, low_inclusive: bool = True, high_inclusive: bool) -> dict:
+    """Field metadata: low <= value <= high, either bound exclusive on request."""
+    return {"range": Range(low=low, high=high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)}
+
+
+def _items(length: int, low: float, high: float, *, high_inclusive: bool) -> dict:
+    """Field metadata of a list: exactly `length` items, each low <= item <= high (or < high)."""
+    return {"range": Range(low=low, high=high, high_inclusive=high_inclusive, length=length)}
+
+
+# torch.manual_seed takes [-2**63, 2**64 - 1]; the run facts store the seed as a signed 64-bit int.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass
@@ -92,8 +148,8 @@ class VQConfig:
     codebook_size: int = field(default=256, metadata=_at_least(2))
     code_dim: int = field(default=8, metadata=_at_least(1))
     beta: float = field(default=0.25, metadata=_at_least(0))  # commitment weight
-    decay: float = field(default=0.99, metadata=_at_least(0))  # EMA decay of the codebook
-    eps: float = field(default=1e-5, metadata=_at_least(0))
+    decay: float = field(default=0.99, metadata=_between(0, 1, high_inclusive=False))  # EMA decay of the codebook; 1: frozen
+    eps: float = field(default=1e-5, metadata=_above(0))  # Laplace smoothing of the usage counts; 0 divides by zero
     dead_code_threshold: float = field(default=0.01, metadata=_at_least(0))  # EMA usage below this: revive
 
 
@@ -138,7 +194,7 @@ class ModelConfig:
     num_layers: int = field(default=2, metadata=_at_least(1))
     num_heads: int = field(default=4, metadata=_at_least(1))
     token_embed_dim: int = field(default=16, metadata=_at_least(1))
-    dropout: float = field(default=0.0, metadata=_at_least(0))
+    dropout: float = field(default=0.0, metadata=_between(0, 1, high_inclusive=False))  # 1 zeroes every activation
     globals_beta: float = field(default=0.1, metadata=_at_least(0))  # weight of the globals head's loss
     tokens_weight: float = field(default=1.0, metadata=_at_least(0))  # weight of the token-type loss
     freeze: list[str] = field(default_factory=list)  # dotted submodule names, e.g. ["encoder"]
@@ -150,20 +206,20 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = field(default=1e-3, metadata=_at_least(0))
+    lr: float = field(default=1e-3, metadata=_above(0))
     weight_decay: float = field(default=0.0, metadata=_at_least(0))
-    momentum: float = field(default=0.9, metadata=_at_least(0))  # sgd only
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = field(default=0.9, metadata=_between(0, 1, high_inclusive=False))  # sgd only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata=_items(2, 0, 1, high_inclusive=False))
     grad_clip: float = field(default=0.0, metadata=_at_least(0))  # max grad norm; 0: off
     scheduler: Literal["none", "plateau"] = "none"
-    plateau_factor: float = field(default=0.5, metadata=_at_least(0))
+    plateau_factor: float = field(default=0.5, metadata=_between(0, 1, low_inclusive=False, high_inclusive=False))
     plateau_patience: int = field(default=2, metadata=_at_least(0))
 
 
 @dataclass
 class TrainerConfig:
     epochs: int = field(default=10, metadata=_at_least(1))
-    seed: int = 0
+    seed: int = field(default=0, metadata=_between(0, MAX_SEED, high_inclusive=True))
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     grad_accum_steps: int = field(default=1, metadata=_at_least(1))
@@ -267,7 +323,9 @@ def parse_overrides(overrides: Union[Sequence[str], Mapping, None]) -> list[tupl
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw, prefix=key) if raw.strip() else ""
+        except DuplicateKeyError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({exc})") from None
         pairs.append((key, value))
@@ -290,12 +348,92 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"config file {path} must hold a mapping at the top, got {type(data).__name__}")
     return _expand_dotted(data, where=str(path))
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping holds a key twice (yaml.safe_load would silently keep the last value)."""
+
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(
+            f"duplicate key '{key}' at line {line} (first at line {first_line}); "
+            "YAML would keep only the last value: give each key once"
+        )
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping, at any nesting level."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._key_paths = _mapping_paths(node, getattr(self, "key_prefix", ""))
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            where = self._key_paths.get(id(node), "")
+            first_lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    continue  # the base constructor refuses an unhashable key
+                line = key_node.start_mark.line + 1
+                if key in first_lines:
+                    raise DuplicateKeyError(f"{where}.{key}" if where else str(key), line, first_lines[key])
+                first_lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _mapping_paths(root: yaml.Node, prefix: str) -> dict[int, str]:
+    """id(mapping node) -> its dotted key path ("" at the top, or `prefix`), for error messages."""
+    paths: dict[int, str] = {}
+    stack = [(root, prefix)]
+    while stack:  # depth first in document order, so an anchored node is named where it is defined
+        node, path = stack.pop()
+        if id(node) in paths:
+            continue  # an alias of a node already named
+        children: list = []
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                children.append((value_node, f"{path}.{name}" if path else name))
+        elif isinstance(node, yaml.SequenceNode):
+            children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        else:
+            continue
+        paths[id(node)] = path
+        stack.extend(reversed(children))
+    return paths
+
+
+def load_yaml(text: str, prefix: str = "") -> Any:
+    """yaml.safe_load, but a key given twice in one mapping raises DuplicateKeyError.
+
+    Args:
+        text: the YAML document.
+        prefix: the dotted key the document sits under (an override's key), named in errors.
+
+    Raises:
+        DuplicateKeyError: naming the dotted key and the line (1-based) of both occurrences.
+        yaml.YAMLError: the text is not valid YAML.
+    """
+    loader = _UniqueKeyLoader(text)
+    loader.key_prefix = prefix
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def _expand_dotted(data: Mapping, where: str) -> dict:
@@ -348,14 +486,14 @@ def _build(cls: type, data: Any, prefix: str):
             )
     kwargs = {}
     for name, fld in fields.items():
-        if name not in data:
-            continue
         key = f"{prefix}{name}"
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, data[name], prefix=f"{key}.")
-        else:
+            # An absent section is built from {} so its defaults pass the same checks.
+            kwargs[name] = _build(hint, data.get(name, {}), prefix=f"{key}.")
+        elif name in data:
             kwargs[name] = _check_value(key, data[name], hint, fld.metadata)
+    _check_ranges(cls, kwargs, data, prefix)  # before cls(): a __post_init__ rule sees in-range values
     config = cls(**kwargs)
     _check_registry_defaults(config, prefix)
     if cls is LoggingConfig:
@@ -435,9 +573,56 @@ def _check_value(key: str, value: Any, hint: Any, metadata: Mapping) -> Any:
     checked = _coerce(key, value, hint)
     if "registry" in metadata:
         _check_choice(key, checked, _registered(metadata["registry"]))
-    if "min" in metadata and checked < metadata["min"]:
-        raise ConfigError(f"{key}={value!r} must be >= {metadata['min']}")
     return checked
+
+
+def _check_ranges(cls: type, values: Mapping, raw: Mapping, prefix: str) -> None:
+    """The range pass of one dataclass: every field that declares a Range, given or default.
+
+    `values` are the coerced given values, `raw` the values as written (named in the message).
+    """
+    for fld in dataclasses.fields(cls):
+        rng = fld.metadata.get("range")
+        if rng is None:
+            continue
+        if fld.name in values:
+            value, written = values[fld.name], raw[fld.name]
+        else:
+            value = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
+            written = value
+        check_range(f"{prefix}{fld.name}", value, rng, written)
+
+
+def check_range(key: str, value: Any, rng: Range, written: Any = None) -> None:
+    """Raise ConfigError unless `value` lies in `rng`; the message names the key, the value and the range.
+
+    Args:
+        key: the dotted config key, e.g. "model.dropout".
+        value: the coerced value (a number, a list of numbers for a Range with a length, or None).
+        rng: the field's Range.
+        written: the value as written in the config (default: `value`), named in the message.
+
+    Raises:
+        ConfigError: e.g. "model.dropout=5 is out of range: expected 0 <= model.dropout < 1".
+    """
+    written = value if written is None else written
+    if value is None:
+        return
+    if rng.length is not None:
+        if len(value) != rng.length:
+            raise ConfigError(
+                f"{key}={written!r} has {len(value)} value{'s' if len(value) != 1 else ''}: "
+                f"expected {rng.length} values, each {rng.describe(f'{key}[i]')}"
+            )
+        items = list(written) if isinstance(written, Sequence) and len(written) == len(value) else value
+        for i, (item, item_written) in enumerate(zip(value, items)):
+            check_range(f"{key}[{i}]", item, dataclasses.replace(rng, length=None), item_written)
+        return
+    if rng.contains(value):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={written!r} is not a finite number: expected {rng.describe(key)}")
+    raise ConfigError(f"{key}={written!r} is out of range: expected {rng.describe(key)}")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:

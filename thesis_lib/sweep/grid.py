@@ -21,7 +21,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from ..config import Config, load_config
+from ..config import Config, load_config, load_yaml
 from ..errors import ConfigError
 from ..record.schema import config_hash
 
@@ -206,13 +206,13 @@ def parse_grid_arg(text: str) -> tuple[str, list]:
     if not raw.strip():
         return key.strip(), []
     try:
-        whole = yaml.safe_load(raw) if raw.lstrip().startswith("[") else None
+        whole = load_yaml(raw, key.strip()) if raw.lstrip().startswith("[") else None
     except yaml.YAMLError:
         whole = None  # e.g. `[a],[b]`: not one list, so split at the commas below
     if isinstance(whole, list):
         return key.strip(), whole
     try:
-        return key.strip(), [yaml.safe_load(part) for part in raw.split(",")]
+        return key.strip(), [load_yaml(part, key.strip()) for part in raw.split(",")]
     except yaml.YAMLError as exc:
         raise ConfigError(f"--grid {text!r}: a value is not valid YAML ({exc})") from None
 
