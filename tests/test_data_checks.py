@@ -210,3 +210,20 @@ def test_train_epoch_over_zero_samples_has_no_loss(tmp_path):
     stats = train_epoch(model, EventLoader(path, "test", batch_size=8), torch.optim.SGD(model.parameters(), lr=0.1),
                         Precision("fp32", cpu), SyncPoints(4), device=cpu, names=("metric_scale",))
     assert stats.metrics == {} and stats.samples == 0 and stats.throughput is None
+
+
+def test_an_empty_test_split_is_a_skipped_test_pass_with_no_number(tmp_path):
+    """Today's main recorded a test loss of 0.0 over 0 samples; a loss over no sample was never measured."""
+    import json
+
+    from thesis_lib import load_runs
+
+    path = write_file(tmp_path, sizes=(64, 48, 0))
+    result = fit(run_cfg(path, tmp_path), dashboard=None)
+    assert result.status == "COMPLETED" and result.test_metrics == {}
+    events = [json.loads(line) for line in (result.run_dir / "facts" / "events.jsonl").read_text().splitlines()]
+    (test,) = [e for e in events if e["moment"] == "on_test_end"]
+    assert "metrics" not in test and test["samples"] == 0 and "no samples" in test["skipped"]
+    runs_df, _, _ = load_runs(run_dirs=[str(result.run_dir)])
+    assert not any(c.startswith("test.loss") for c in runs_df.columns)
+    assert "no samples" in runs_df.iloc[0]["test.skipped"]
