@@ -103,6 +103,7 @@ def test_export_info_records_every_format(runs, exported):
     info = json.loads(paths["export_info"].read_text())
     assert paths["export_info"] == runs["ae_transformer_vq"] / "exports" / "export_info.json"
     assert info["run_id"] == runs["ae_transformer_vq"].name and info["task"] == "autoencoder"
+    assert info["weights"]["file"] == "model.pt" and info["weights"]["note"] is None
     assert list(info["formats"]) == list(EXPORT_FORMATS)
     for fmt, entry in info["formats"].items():
         data = paths[fmt].read_bytes()
@@ -117,6 +118,7 @@ def test_export_info_records_every_format(runs, exported):
         assert entry["outputs"][0]["shape"] == ["batch", 8, 4] and entry["outputs"][3]["shape"] == ["batch", 8]
         assert entry["torch_version"] == torch.__version__
         assert 0 <= entry["max_abs_diff"] <= 1e-5 and entry["checked_batch_sizes"] == [2, 5]
+        assert entry["weights"] == "model.pt"
     assert info["formats"]["state_dict"]["max_abs_diff"] == 0.0
     assert isinstance(info["formats"]["onnx"]["opset"], int) and info["formats"]["onnx"]["opset"] >= 17
     assert info["formats"]["onnx"]["checked_with"].startswith("onnxruntime")
@@ -141,14 +143,33 @@ def test_unknown_format_lists_the_allowed_ones(runs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_model_pt_names_the_file_and_the_run(runs, tmp_path):
+def test_a_run_without_weights_names_the_files_and_the_run(runs, tmp_path):
     run = shutil.copytree(runs["ae_mlp"], tmp_path / "broken_run")
     (run / "model.pt").unlink()
-    with pytest.raises(ModelError, match=r"cannot export run .*broken_run: model\.pt not found"):
+    (run / "best_val.pt").unlink()
+    with pytest.raises(ModelError, match=r"cannot export run .*broken_run: model\.pt or best_val\.pt not found there; "
+                                         r"the model is rebuilt from config\.yaml, data_meta\.json and model\.pt "
+                                         r"\(else best_val\.pt\)"):
         export_model(run)
     (run / "data_meta.json").unlink()
-    with pytest.raises(ModelError, match=r"data_meta\.json, model\.pt not found"):
+    with pytest.raises(ModelError, match=r"data_meta\.json, model\.pt or best_val\.pt not found"):
         export_model(run)
+
+
+def test_a_crashed_run_is_exported_from_best_val_pt_and_says_so(killed_run, tmp_path, caplog):
+    run_dir = killed_run["run_dir"]
+    with caplog.at_level("WARNING", logger="thesis_lib.export"):
+        paths = export_model(run_dir, ["state_dict"], output_dir=tmp_path / "served")
+    assert f"{run_dir}: exporting best_val.pt (best epoch " in caplog.text and "model.pt not found" in caplog.text
+    info = json.loads(paths["export_info"].read_text())
+    best = torch.load(run_dir / "best_val.pt", weights_only=True)
+    assert info["weights"] == {"file": "best_val.pt", "path": str(run_dir / "best_val.pt"), "epoch": best["epoch"],
+                               "note": "model.pt not found: the run ended before writing it (a crash or a kill), so "
+                                       "the best validation epoch's weights come from best_val.pt"}
+    assert info["formats"]["state_dict"]["weights"] == "best_val.pt"
+    exported = torch.load(paths["state_dict"], weights_only=True)
+    assert exported.keys() == best["model"].keys()
+    assert all(torch.equal(exported[k], v) for k, v in best["model"].items())
 
 
 def test_missing_onnx_packages_say_how_to_install(runs, tmp_path, monkeypatch):

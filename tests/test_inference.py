@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -165,6 +166,7 @@ def test_a_run_whose_checkpoint_will_not_load_is_recorded_and_others_go_on(runs,
     torch.save({k: v for k, v in state.items() if not k.startswith("decoder")}, mismatch / "model.pt")
     missing = copy_run(runs["ae"], tmp_path / "missing_run")
     (missing / "model.pt").unlink()
+    (missing / "best_val.pt").unlink()
 
     result = run_inference([garbage, runs["clf"], mismatch, missing], batch_size=64, device="cpu")
     assert list(result.models) == [runs["clf"].name]
@@ -172,7 +174,8 @@ def test_a_run_whose_checkpoint_will_not_load_is_recorded_and_others_go_on(runs,
     assert result.errors[str(garbage)].startswith(f"{garbage}: model.pt could not be loaded")
     assert "does not match the model config.yaml describes (autoencoder mlp/vq" in result.errors[str(mismatch)]
     assert "Missing key(s)" in result.errors[str(mismatch)]
-    assert result.errors[str(missing)].startswith(f"{missing}: model.pt not found")
+    assert result.errors[str(missing)] == (f"{missing}: neither model.pt nor best_val.pt found; the run saved no "
+                                           "weights (it failed or was stopped before its first validation)")
     with pytest.raises(ReportError, match="model.pt could not be loaded"):
         load_run_model(garbage)
     figures = plot_inference_figures(result, tmp_path / "figures")  # the report covers what it can
@@ -189,7 +192,8 @@ def _set_data_path(run_dir, path, cwd):
     (run_dir / "env.json").write_text(json.dumps(env))
 
 
-def test_data_path_is_resolved_against_the_runs_cwd_and_a_missing_file_names_both_paths(runs, tmp_path):
+def test_data_path_is_resolved_against_the_runs_cwd_and_a_missing_file_names_both_paths(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # today's directory has no data/: only the run's launch directory can supply it
     relative = copy_run(runs["ae"], tmp_path / "relative_run")
     _set_data_path(relative, "data/events.h5", runs["root"])
     result = run_inference(relative, batch_size=64, device="cpu", max_samples=20)
@@ -202,11 +206,55 @@ def test_data_path_is_resolved_against_the_runs_cwd_and_a_missing_file_names_bot
     with pytest.raises(DataError) as info:
         resolve_data_path(lost, config)
     message = str(info.value)
-    assert f"{lost}: data file not found; tried nowhere/events.h5, {tmp_path / 'launch' / 'nowhere' / 'events.h5'}" in message
+    assert (f"{lost}: data file not found; tried {tmp_path / 'launch' / 'nowhere' / 'events.h5'}, "
+            f"{tmp_path / 'nowhere' / 'events.h5'} "
+            f"(config data.path='nowhere/events.h5' relative to the run's launch directory {tmp_path / 'launch'}") in message
     result = run_inference([lost], device="cpu")
     assert result.models == {} and "data file not found" in result.errors[str(lost)]
     rescued = run_inference([lost], device="cpu", data_path=runs["data"], max_samples=20)
     assert rescued.models["lost_run"]["n_events"] == 20
+
+
+def test_a_relative_data_path_is_found_from_the_runs_launch_directory_before_todays(runs, tmp_path, monkeypatch):
+    # Today's directory holds another data/events.h5 (what `thesis-lib demo` leaves in a checkout).
+    today = tmp_path / "today"
+    make_synthetic_events(today / "data" / "events.h5", n_events=300, seed=5, n_tokens=6)
+    monkeypatch.chdir(today)
+    run = copy_run(runs["ae"], tmp_path / "relative_run")
+    _set_data_path(run, "data/events.h5", runs["root"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run's own file: no data warning either
+        result = run_inference(run, batch_size=64, device="cpu", max_samples=20)
+    assert result.errors == {}
+    metrics = result.models["relative_run"]
+    assert metrics["data_path"] == str(runs["root"] / "data" / "events.h5") and metrics["data_warning"] is None
+
+
+def test_a_data_file_other_than_the_one_trained_on_is_a_warning_naming_both_paths_and_what_differs(runs, tmp_path):
+    other = make_synthetic_events(tmp_path / "regenerated.h5", n_events=800, seed=1, n_tokens=8, anomaly_fraction=0.1)
+    with pytest.warns(UserWarning) as caught:
+        result = run_inference(runs["ae"], batch_size=64, device="cpu", max_samples=20, data_path=other)
+    message = str(caught[0].message)
+    assert message.startswith(f"{runs['ae']}: the data file {other} (resolved {other.resolve()}) differs from the one "
+                              f"the run was trained on ({runs['data'].resolve()}, recorded at its start in "
+                              "facts/events.jsonl): ")
+    assert "content of its first/last MiB" in message and "modification time" in message
+    assert result.models[runs["ae"].name]["data_warning"] == message
+    assert message in result.models[runs["ae"].name]["notes"]
+
+
+def test_a_crashed_run_is_scored_from_best_val_pt_and_says_so(killed_run):
+    run_dir = killed_run["run_dir"]
+    result = run_inference(run_dir, batch_size=64, device="cpu", max_samples=30, corruptions=("additive_noise",))
+    assert result.errors == {}
+    metrics = result.models[run_dir.name]
+    assert metrics["weights"] == "best_val.pt" and metrics["n_events"] == 30
+    assert metrics["weights_note"] == ("model.pt not found: the run ended before writing it (a crash or a kill), so "
+                                       "the best validation epoch's weights come from best_val.pt")
+    assert metrics["weights_note"] in metrics["notes"]
+    model, _, _ = load_run_model(run_dir)
+    saved = torch.load(run_dir / "best_val.pt", weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
 
 
 def test_persist_raw_scores_writes_one_row_per_event(runs, tmp_path):

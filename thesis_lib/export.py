@@ -1,7 +1,9 @@
 """Exporting a finished run's model: a plain state_dict, TorchScript and ONNX, each checked against eager.
 
 Everything comes from the run directory alone (config.yaml + data_meta.json + model.pt, rebuilt by
-``reports.inference.load_run_model``), on the CPU. TorchScript and ONNX take positional tensors
+``facts.run_model.load_run_model_and_weights``), on the CPU; a run that ended before writing
+model.pt (a crash, a kill) is exported from best_val.pt, said in a warning and in
+``export_info.json`` ("weights"). TorchScript and ONNX take positional tensors
 ``(tokens_id int64 [B, T], tokens_cont float32 [B, T, C], globals float32 [B, G])``, z-scored
 with the run's normalization from data_meta.json exactly as the training loader did, and return:
 
@@ -19,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,8 +33,9 @@ from torch import nn
 
 from .version import __version__
 from .errors import ConfigError, ModelError, ThesisLibError
-from .atomic_files import atomic_write_bytes, atomic_write_text
+from .atomic_files import atomic_write_bytes, atomic_write_text, check_inside
 from .layout import (
+    BEST_CHECKPOINT,
     CONFIG_FILE,
     DATA_META_FILE,
     EXPORT_INFO_FILE,
@@ -50,7 +54,8 @@ log = logging.getLogger(__name__)
 
 EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx")
 EXPORT_FILES = {"state_dict": STATE_DICT_EXPORT, "torchscript": TORCHSCRIPT_EXPORT, "onnx": ONNX_EXPORT}
-REQUIRED_FILES = (CONFIG_FILE, DATA_META_FILE, MODEL_FILE)
+REQUIRED_FILES = (CONFIG_FILE, DATA_META_FILE)
+WEIGHTS_FILES = (MODEL_FILE, BEST_CHECKPOINT)  # the first that exists holds the weights
 INPUT_NAMES: tuple[str, ...] = ("tokens_id", "tokens_cont", "globals")
 BATCH_AXIS = "batch"
 ATOL = 1e-5
@@ -85,10 +90,12 @@ class ExportWrapper(nn.Module):
 def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
                  output_dir: str | Path | None = None, example_batch_size: int = 2,
                  opset: int | None = None, atol: float = ATOL) -> dict[str, Path]:
-    """Export a finished run's best model (model.pt) to the given formats, each verified against eager.
+    """Export a run's best model (model.pt, else best_val.pt) to the given formats, each verified against eager.
 
     Args:
-        run_dir: the run directory (config.yaml, data_meta.json and model.pt are read).
+        run_dir: the run directory (config.yaml, data_meta.json and model.pt are read; a run
+            without model.pt, one that crashed or was killed, is exported from best_val.pt,
+            with a logged warning).
         formats: any of "state_dict" (model_state_dict.pt), "torchscript" (model.torchscript.pt,
             traced; load with torch.jit.load) and "onnx" (model.onnx; needs the [onnx] extra).
             None: all three, or the first two with a logged note when the onnx packages are missing.
@@ -101,12 +108,16 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
     Returns:
         {format: path of its file, ..., "export_info": path of export_info.json}. export_info.json
         records per format the file, sha256, size, inputs and outputs (names, shapes with the
-        dynamic "batch" axis, dtypes), torch version, opset and the max abs difference vs eager;
-        model_info.json (when the run has one) gains an "exports" entry listing the files.
+        dynamic "batch" axis, dtypes), torch version, opset, the max abs difference vs eager and
+        the weights file exported, and at the top "weights": {file (model.pt or best_val.pt),
+        path, epoch, note}; model_info.json (when the run has one) gains an "exports" entry
+        listing the files.
 
     Raises:
         ConfigError: an unknown format name (the message lists the allowed ones), or
             example_batch_size < 2.
+        UnsafePathError: the exports folder (or a file in it) inside the run directory is a
+            symbolic link; nothing is written.
         ModelError: a file the rebuild needs is missing (named, with the run), the model cannot be
             rebuilt or traced, the onnx packages are missing, or an export's outputs differ from
             the eager model's by more than `atol` (the message names the format). Formats that
@@ -117,8 +128,14 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
     if int(example_batch_size) < 2:
         raise ConfigError(f"export example_batch_size={example_batch_size}; expected >= 2 (a batch axis of size 1 "
                           "would be exported as a constant)")
-    model, config, meta = _load_run(run_dir, wanted)
+    model, config, meta, weights = _load_run(run_dir, wanted)
+    if weights.note is not None:
+        log.warning("%s: exporting %s", run_dir, weights.describe())
     out_dir = Path(output_dir) if output_dir is not None else run_dir / EXPORTS_DIR
+    # Inside the run directory (the default exports/) no folder or file on the way may be a link.
+    inside = run_dir if _is_within(out_dir, run_dir) else None
+    if inside is not None:
+        check_inside(inside, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     sizes = (int(example_batch_size), int(example_batch_size) + 3)
@@ -138,7 +155,7 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
             "thesis_lib": __version__, "created": _now(), "example_batch_size": sizes[0], "atol": atol,
             "dynamic_axis": f"{BATCH_AXIS} (axis 0 of every input and output)",
             "normalization": "inputs are z-scored with data_meta.json 'normalization' (padding tokens zero)",
-            "formats": _earlier_exports(out_dir, run_dir)}
+            "weights": weights.to_dict(), "formats": _earlier_exports(out_dir, run_dir)}
     written: dict[str, Path] = {}
     try:
         for fmt in wanted:
@@ -151,32 +168,37 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
             if not diff <= atol:  # also catches NaN
                 raise ModelError(f"{fmt} export of {run_dir} differs from the eager model by {diff:.3g} "
                                  f"(max abs, allowed {atol}); nothing was written for {fmt}")
-            written[fmt] = atomic_write_bytes(out_dir / EXPORT_FILES[fmt], data)
+            written[fmt] = atomic_write_bytes(out_dir / EXPORT_FILES[fmt], data, inside=inside)
             info["formats"][fmt] = {
                 "file": EXPORT_FILES[fmt], "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
                 **specs, "torch_version": torch.__version__, "opset": extra.get("opset"), "max_abs_diff": diff,
-                "checked_with": extra["checked_with"], "checked_batch_sizes": list(sizes), "load": extra["load"]}
+                "checked_with": extra["checked_with"], "checked_batch_sizes": list(sizes), "load": extra["load"],
+                "weights": weights.file}
     finally:
         # Also on failure: the formats written so far are recorded before the error propagates.
         if written:
-            written["export_info"] = atomic_write_text(out_dir / EXPORT_INFO_FILE, json.dumps(info, indent=2))
+            written["export_info"] = atomic_write_text(out_dir / EXPORT_INFO_FILE, json.dumps(info, indent=2),
+                                                       inside=inside)
             _record_in_model_info(run_dir, out_dir, info["formats"], written["export_info"])
     return written
 
 
-def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any]:
-    """(model in eval mode on the CPU, Config, DataMeta) of the run; ModelError naming what is missing."""
+def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any, Any]:
+    """(model in eval mode on the CPU, Config, DataMeta, RunWeights) of the run; ModelError naming what is missing."""
     missing = [name for name in REQUIRED_FILES if not (run_dir / name).is_file()]
+    if not any((run_dir / name).is_file() for name in WEIGHTS_FILES):
+        missing.append(" or ".join(WEIGHTS_FILES))
     if missing:
         raise ModelError(f"cannot export run {run_dir}: {', '.join(missing)} not found there; the model is rebuilt "
-                         f"from {', '.join(REQUIRED_FILES)} (a run that failed before its first validation has no model.pt)")
+                         f"from {', '.join(REQUIRED_FILES)} and {' (else '.join(WEIGHTS_FILES)}) (a run that failed "
+                         "before its first validation saved no weights)")
     if "onnx" in wanted:
         _require_onnx()
     # Imported here: the model registry and the facts readers (pandas) load only when a model is exported.
-    from .facts.run_model import load_run_model
+    from .facts.run_model import load_run_model_and_weights
 
     try:
-        return load_run_model(run_dir, device="cpu")
+        return load_run_model_and_weights(run_dir, device="cpu")
     except ThesisLibError as exc:
         raise ModelError(f"cannot export: {exc}") from exc
 
@@ -374,7 +396,12 @@ def _record_in_model_info(run_dir: Path, out_dir: Path, formats_info: Mapping[st
     model_info["exports"] = {"export_info": shown(info_path),
                              "formats": {fmt: shown(out_dir / entry["file"]) for fmt, entry in formats_info.items()},
                              "updated": _now()}
-    atomic_write_text(path, json.dumps(model_info, indent=2))
+    atomic_write_text(path, json.dumps(model_info, indent=2), inside=run_dir)
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    """Whether `path` lies lexically inside `root` (or is it)."""
+    return Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root))
 
 
 def _now() -> str:

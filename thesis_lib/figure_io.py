@@ -3,11 +3,13 @@
 Figures are `matplotlib.figure.Figure` objects on their own Agg canvas, never pyplot: no global
 figure registry to leak into and no display backend, so drawing works inside a training process,
 a papermill kernel or a headless job alike. Saves go to a temporary file renamed over the target,
-so a run killed mid-save still leaves the previous complete PNG.
+so a run killed mid-save still leaves the previous complete PNG; a figure of a run
+(`<run_dir>/figures/`, `<run_dir>/report/`) is never written through a symbolic link out of it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
@@ -17,7 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from thesis_lib.atomic_files import atomic_open
+from thesis_lib.atomic_files import atomic_open, check_inside
+from thesis_lib.layout import CONFIG_FILE, FACTS_DIR, FIGURES_DIR, RUN_REPORT_DIR
 
 __all__ = [
     "DPI",
@@ -46,23 +49,44 @@ def new_figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI, **savefig_kwargs: Any) -> Path:
+def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI, *, inside: Union[str, Path, None] = None,
+                **savefig_kwargs: Any) -> Path:
     """Write `fig` as a PNG at `path` atomically (temporary file, then rename); creates the folder.
 
     Args:
         fig: the figure.
         path: the PNG to write.
         dpi: its resolution.
+        inside: the directory the figure must stay in (no symbolic link between it and `path`);
+            by default the run directory of a `<run_dir>/figures/` or `<run_dir>/report/` path
+            (a folder holding config.yaml or facts/), else only `path` itself is checked.
         **savefig_kwargs: passed on to `Figure.savefig` (e.g. `bbox_inches="tight"`).
 
     Returns:
         The path written.
+
+    Raises:
+        UnsafePathError: `path`, or a folder between it and the run directory, is a symbolic link.
     """
     path = Path(path)
+    if inside is None:
+        inside = _run_dir_of(path)
+    if inside is not None:
+        check_inside(inside, path)  # before the folder is created: a dangling link is named too
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path) as handle:
+    with atomic_open(path, inside=inside) as handle:
         fig.savefig(handle, format="png", dpi=dpi, **savefig_kwargs)
     return path
+
+
+def _run_dir_of(path: Path) -> Optional[Path]:
+    """The run directory of a run's figure (<run_dir>/figures/x.png, <run_dir>/report/x.png), or None."""
+    folder = path.parent
+    if folder.name in (FIGURES_DIR, RUN_REPORT_DIR):
+        run_dir = folder.parent
+        if any(os.path.lexists(run_dir / name) for name in (CONFIG_FILE, FACTS_DIR)):
+            return run_dir
+    return None
 
 
 def release_figure(fig: Figure) -> None:

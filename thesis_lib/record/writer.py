@@ -3,6 +3,10 @@
 Writes never lose what was written before: both facts files are opened in append mode and each
 line goes out in one write call, so a run killed mid-write leaves at most one torn last line,
 which readers skip. A resumed run opens a second RunWriter on the same directory and appends.
+
+Nothing is written outside the run directory: a RunWriter refuses a run whose files or folders
+(any path of `layout.RUN_LAYOUT`: facts/, logs/, report/, model.pt, ...) are symbolic links, and
+opens its appended files with O_NOFOLLOW (`atomic_files.append_open`).
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ from typing import Any, Callable, Mapping, Sequence
 import yaml
 
 from ..errors import FactsError
-from ..atomic_files import atomic_write_text
-from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, SCALARS_FILE, STEPS_FILE
+from ..atomic_files import append_open, atomic_write_text, check_inside
+from ..layout import CONFIG_FILE, ENV_FILE, EVENTS_FILE, FACTS_DIR, RUN_LAYOUT, SCALARS_FILE, STEPS_FILE
 from .schema import EVENT_FIELDS, MOMENTS, SCHEMA_VERSION, STEPS_COLUMNS
 
-__all__ = ["RunWriter", "to_plain"]
+__all__ = ["RunWriter", "check_run_dir", "to_plain"]
 
 
 class RunWriter:
@@ -51,6 +55,7 @@ class RunWriter:
 
     Raises:
         FactsError: bad columns, or an existing scalars.csv whose header differs from them.
+        UnsafePathError: a file or folder of the run (see `check_run_dir`) is a symbolic link.
     """
 
     def __init__(
@@ -76,7 +81,8 @@ class RunWriter:
         self._closed = False
         self._steps = None  # facts/steps.csv, opened on the first rows
 
-        self.events_path.parent.mkdir(parents=True, exist_ok=True)
+        check_run_dir(self.run_dir)  # before anything is created, truncated or appended
+        (self.run_dir / FACTS_DIR).mkdir(parents=True, exist_ok=True)
         _drop_torn_tail(self.events_path, complete=_is_json_object)
         _drop_torn_tail(self.scalars_path, complete=None)
         existing_header = _read_header(self.scalars_path)
@@ -85,8 +91,12 @@ class RunWriter:
                 f"{self.scalars_path} already has header {existing_header}, but this run writes "
                 f"{list(self.scalar_columns)}; a resumed run must use the same model scalars"
             )
-        self._events = open(self.events_path, "ab", buffering=0)
-        self._scalars = open(self.scalars_path, "a", encoding="utf-8", newline="")
+        self._events = append_open(self.events_path, "ab", inside=self.run_dir, buffering=0)
+        try:
+            self._scalars = append_open(self.scalars_path, "a", inside=self.run_dir, encoding="utf-8", newline="")
+        except BaseException:
+            self._events.close()
+            raise
         if existing_header is None:
             self._scalars.write(self._format_row(self.scalar_columns))
             self._scalars.flush()
@@ -101,12 +111,12 @@ class RunWriter:
         """
         plain = to_plain(config, where="config", nonfinite_to_none=False)
         text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False, allow_unicode=True)
-        return atomic_write_text(self.run_dir / CONFIG_FILE, text)
+        return atomic_write_text(self.run_dir / CONFIG_FILE, text, inside=self.run_dir)
 
     def write_env(self, env: Mapping[str, Any]) -> Path:
         """Write the environment description (see `collect_env`) to `env.json` atomically."""
         plain = to_plain(env, where="env", nonfinite_to_none=True, unknown_as_str=True)
-        return atomic_write_text(self.run_dir / ENV_FILE, json.dumps(plain, indent=2) + "\n")
+        return atomic_write_text(self.run_dir / ENV_FILE, json.dumps(plain, indent=2) + "\n", inside=self.run_dir)
 
     # -- appended facts ------------------------------------------------------------------------
 
@@ -185,9 +195,10 @@ class RunWriter:
         self._check_open()
         path = self.run_dir / STEPS_FILE
         if self._steps is None:
+            check_inside(self.run_dir, path)  # before _drop_torn_tail opens it (a link planted since start)
             _drop_torn_tail(path, complete=None)
             fresh = not path.exists() or path.stat().st_size == 0
-            self._steps = open(path, "a", encoding="utf-8", newline="")
+            self._steps = append_open(path, "a", inside=self.run_dir, encoding="utf-8", newline="")
             if fresh:
                 self._steps.write(self._format_row(STEPS_COLUMNS))
         for row in rows:
@@ -228,6 +239,26 @@ class RunWriter:
         """Refuse writes after close()."""
         if self._closed:
             raise FactsError(f"RunWriter for {self.run_dir} is closed; open a new one to append")
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """Refuse a run directory in which a file or folder of the run layout is a symbolic link.
+
+    Every path of `layout.RUN_LAYOUT` that exists (facts/ and its files, logs/stdout.log,
+    model.pt, best_val.pt, last.pt, report/, figures/, exports/, ...) must be a real file or
+    folder, so that no write of the run, now or later (a resumed run, a report, an export),
+    follows a link out of the directory. `run_dir` itself may be a link.
+
+    Returns:
+        `run_dir` as a Path.
+
+    Raises:
+        UnsafePathError: the first link found, named with where it points.
+    """
+    run_dir = Path(run_dir)
+    for relative in RUN_LAYOUT:
+        check_inside(run_dir, run_dir / relative)
+    return run_dir
 
 
 def to_plain(

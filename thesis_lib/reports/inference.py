@@ -10,16 +10,23 @@ also sees corruptions the continuous features cannot show (scrambled globals, sw
 and the confusion matrix.
 
 Everything comes from the run directory: ``config.yaml`` and ``data_meta.json`` rebuild the
-model, ``model.pt`` (the best epoch's state_dict) is loaded with ``weights_only=True``, and the
-evaluation split is z-scored with the run's own train-split normalization from
-``data_meta.json``, never recomputed. A run that cannot be evaluated is recorded in ``errors``
-with the reason and the others go on.
+model, ``model.pt`` (the best epoch's state_dict; ``best_val.pt`` for a run that crashed or was
+killed before writing it, said in the run's ``weights``) is loaded with ``weights_only=True``,
+and the evaluation split is z-scored with the run's own train-split normalization from
+``data_meta.json``, never recomputed. The data file is the run's own (a relative path is found
+from the directory the run was launched in first), and it is checked against the identity the
+run recorded at its start (size, mtime, a hash of its first and last MiB): a different file is
+a warning naming both paths and what differs. A run that cannot be evaluated is recorded in
+``errors`` with the reason and the others go on.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import logging
+import os
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import nullcontext
@@ -39,12 +46,14 @@ from ..data.loader import DataMeta, EventLoader
 from ..data.synthetic import ANOMALY_PROCESS
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError, ReportError, ThesisLibError
-from ..facts.run_model import load_run_model
-from ..layout import DATA_META_FILE, ENV_FILE
+from ..facts.reader import read_events
+from ..facts.run_model import load_run_model, load_run_model_and_weights
+from ..layout import DATA_META_FILE, ENV_FILE, EVENTS_FILE
+from ..record.env import describe_data_file
 from ..record.writer import to_plain
 
 __all__ = ["DEFAULT_CORRUPTIONS", "InferenceResult", "auroc", "score_summary", "load_run_model",
-           "resolve_data_path", "run_inference"]
+           "resolve_data_path", "check_data_file", "run_inference"]
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +104,9 @@ def resolve_data_path(run_dir: str | Path, config: Config, data_path: str | Path
     """The event file a run was trained on.
 
     Tried in order: `data_path` when given (and nothing else); else config data.path as given
-    (relative to the current directory), then relative to the `cwd` the run recorded in env.json.
+    when absolute; a relative one first relative to the `cwd` the run recorded in env.json (the
+    directory it was launched from, where it found the file), then relative to the current
+    directory.
 
     Raises:
         DataError: no candidate is a file; the message names the run and every path tried.
@@ -105,18 +116,68 @@ def resolve_data_path(run_dir: str | Path, config: Config, data_path: str | Path
         candidates, note = [Path(data_path)], "the data_path given"
     else:
         given = Path(config.data.path)
-        candidates, note = [given], f"config data.path={config.data.path!r}"
+        candidates = [given if given.is_absolute() else Path(os.path.abspath(given))]
+        note = f"config data.path={config.data.path!r}"
         cwd = _recorded_cwd(run_dir)
         if not given.is_absolute() and cwd:
-            candidates.append(Path(cwd) / given)
-            note += f", then relative to the run's cwd {cwd} ({ENV_FILE})"
+            candidates.insert(0, Path(cwd) / given)
+            note += f" relative to the run's launch directory {cwd} ({ENV_FILE} cwd), then to the current directory"
         elif not given.is_absolute():
-            note += f"; {ENV_FILE} records no cwd to try it relative to"
+            note += f" relative to the current directory; {ENV_FILE} records no launch directory (cwd) to try first"
     for candidate in candidates:
         if candidate.is_file():
             return candidate
     raise DataError(f"{run_dir}: data file not found; tried {', '.join(str(c) for c in candidates)} ({note}); "
                     "pass data_path= to point at the file")
+
+
+def check_data_file(run_dir: str | Path, path: str | Path) -> str | None:
+    """Compare the data file about to be used with the one the run recorded at its start.
+
+    The run's last on_start event holds `data_file` (see `record.env.describe_data_file`): the
+    path, size, mtime_ns and a sha256 of the file's first and last MiB. Runs from before it
+    was recorded are not checked.
+
+    Returns:
+        None when they agree (or nothing was recorded); else a message naming both paths and
+        what differs (size, modification time, content sample).
+    """
+    recorded = _recorded_data_file(Path(run_dir))
+    if recorded is None:
+        return None
+    now = describe_data_file(path) or {}
+    differs = []
+    if recorded.get("size") != now.get("size"):
+        differs.append(f"size {recorded.get('size')} -> {now.get('size')} bytes")
+    if recorded.get("sample_sha256") and now.get("sample_sha256") and recorded["sample_sha256"] != now["sample_sha256"]:
+        differs.append("content of its first/last MiB (sha256 "
+                       f"{recorded['sample_sha256'][:12]} -> {now['sample_sha256'][:12]})")
+    if recorded.get("mtime_ns") != now.get("mtime_ns"):
+        differs.append(f"modification time {_ns_time(recorded.get('mtime_ns'))} -> {_ns_time(now.get('mtime_ns'))}")
+    if not differs:
+        return None
+    was = recorded.get("resolved") or recorded.get("path")
+    return (f"{run_dir}: the data file {path} (resolved {now.get('resolved', path)}) differs from the one the run "
+            f"was trained on ({was}, recorded at its start in {EVENTS_FILE}): {'; '.join(differs)}; its scores may "
+            "not be comparable with the run's own test metrics")
+
+
+def _recorded_data_file(run_dir: Path) -> dict | None:
+    """`data_file` of the run's last on_start event, or None (not recorded, no readable events)."""
+    try:
+        events = read_events(run_dir, bad_lines=[])
+    except (ThesisLibError, OSError):
+        return None
+    starts = [e for e in events if e.get("moment") == "on_start"]
+    recorded = starts[-1].get("data_file") if starts else None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _ns_time(ns: Any) -> str:
+    """A nanosecond mtime as local ISO time (seconds), or "?"."""
+    if not isinstance(ns, int):
+        return "?"
+    return _dt.datetime.fromtimestamp(ns / 1e9).isoformat(timespec="seconds")
 
 
 def _recorded_cwd(run_dir: Path) -> str | None:
@@ -190,7 +251,11 @@ def run_inference(run_dirs: str | Path | Iterable[str | Path], *, dataset_split:
         over classes), auroc_class, confusion_matrix, class_names, notes. Per-event columns
         (per_event_scores and the raw-score files): run_id, event, label, then mse, mae,
         tokens_ce, globals_mse, total, and <score>_<corruption> and changed_<corruption> per
-        corruption (autoencoders) or pred and prob_<k> per class (classifiers).
+        corruption (autoencoders) or pred and prob_<k> per class (classifiers). Every run's
+        metrics also say what was scored: run_dir, data_path, split, weights ("model.pt", or
+        "best_val.pt" for a run that ended before writing model.pt, with weights_note saying
+        so) and data_warning (None, or the message of a data file that is not the one the run
+        recorded at its start, also issued as a UserWarning); both notes are in `notes` too.
 
     Raises:
         ConfigError: an option is out of range, or persist_raw_scores without output_dir.
@@ -273,13 +338,18 @@ class _SplitCache:
 def _evaluate_run(run_dir: Path, data: _SplitCache, dev: torch.device, result: InferenceResult,
                   options: dict, data_path: Any) -> tuple[str, dict, pd.DataFrame]:
     """Load, score and summarise one run: (run_id, metrics, per-event frame)."""
-    model, config, meta = load_run_model(run_dir, device=dev)
+    model, config, meta, weights = load_run_model_and_weights(run_dir, device=dev)
+    if weights.note is not None:
+        log.warning("inference of %s uses %s", run_dir, weights.describe())
     task = ("autoencoder" if hasattr(model, "per_event_errors") else
             "classifier" if hasattr(model, "predict_logits") else None)
     if task is None:
         raise ReportError(f"{run_dir}: task {config.model.task!r} has no inference here: its model has neither "
                           "per_event_errors (reconstruction scores) nor predict_logits (class scores)")
     path = resolve_data_path(run_dir, config, data_path)
+    mismatch = check_data_file(run_dir, path)
+    if mismatch is not None:
+        warnings.warn(mismatch, UserWarning, stacklevel=3)
     loader = data.get(path, meta, options["dataset_split"], options["batch_size"], options["max_samples"], run_dir)
     run_id = run_dir.name if run_dir.name not in result.models else f"{run_dir.parent.name}/{run_dir.name}"
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if options["autocast_active"] else nullcontext()
@@ -292,7 +362,9 @@ def _evaluate_run(run_dir: Path, data: _SplitCache, dev: torch.device, result: I
         metrics = _classifier_metrics(columns, class_names)
     m = config.model
     info = {"task": task, "model_task": m.task, "run_dir": str(run_dir), "data_path": str(path), "split": options["dataset_split"],
-            "encoder": m.encoder, "bottleneck": m.bottleneck, "latent_dim": m.latent_dim, "seed": config.trainer.seed}
+            "encoder": m.encoder, "bottleneck": m.bottleneck, "latent_dim": m.latent_dim, "seed": config.trainer.seed,
+            "weights": weights.file, "weights_note": weights.note, "data_warning": mismatch}
+    metrics["notes"] = [note for note in (weights.note, mismatch) if note is not None] + list(metrics["notes"])
     frame = pd.DataFrame({"run_id": run_id, "event": np.arange(len(columns["label"])), **columns})
     return run_id, {**info, **metrics}, frame
 

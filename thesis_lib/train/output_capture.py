@@ -1,4 +1,4 @@
-"""Tee everything a run prints (stdout and stderr) into logs/stdout.log."""
+"""Tee everything a run prints (stdout and stderr) into logs/stdout.log, never through a symbolic link."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
+
+from ..atomic_files import append_open, check_inside
+from ..layout import STDOUT_LOG
 
 __all__ = ["capture_output", "silence_output", "CapturedOutput"]
 
@@ -119,13 +122,28 @@ def _os_error_text(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def capture_output(log_path: Path) -> Iterator[CapturedOutput]:
-    """Within the block, sys.stdout and sys.stderr also go to `log_path` (appended, line-buffered)."""
+def capture_output(log_path: Path, *, inside: Optional[Path] = None) -> Iterator[CapturedOutput]:
+    """Within the block, sys.stdout and sys.stderr also go to `log_path` (appended, line-buffered).
+
+    Args:
+        log_path: the log file, normally `<run_dir>/logs/stdout.log`.
+        inside: the run directory the log must stay in; by default the run directory of a
+            `<run_dir>/logs/stdout.log` path. Neither logs/ nor the log may be a symbolic link.
+
+    Raises:
+        UnsafePathError: logs/ or the log file is a symbolic link; nothing is captured or written.
+    """
     log_path = Path(log_path)
+    depth = len(Path(STDOUT_LOG).parts)
+    if inside is None and log_path.parts[-depth:] == Path(STDOUT_LOG).parts:
+        inside = log_path.parents[depth - 1]
+    # Checked before logs/ is created: a dangling link there must be named, not a FileExistsError.
+    if inside is not None:
+        check_inside(inside, log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     capture = CapturedOutput(log_path)
     # Line buffering: a killed run keeps every complete line it printed.
-    log = open(log_path, "a", buffering=1, encoding="utf-8")
+    log = append_open(log_path, "a", inside=inside, buffering=1, encoding="utf-8")
     old_out, old_err = sys.stdout, sys.stderr
     capture._log, capture._console = log, old_err
     sys.stdout, sys.stderr = _Tee(old_out, log, capture), _Tee(old_err, log, capture)

@@ -34,7 +34,7 @@ from ..devices import resolve_device
 from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, EVENTS_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE,
                       MODEL_INFO_FILE, TELEMETRY_FILE)
 from ..record.writer import RunWriter
-from ..record.env import collect_env
+from ..record.env import collect_env, describe_data_file
 from ..record.schema import config_hash, scalar_columns
 from ..atomic_files import atomic_write_text
 from ..models import build_model, count_parameters
@@ -187,6 +187,7 @@ class TrainingRun:
                 data_mode=self.loaders["train"].mode,
                 split_sizes=self.meta.split_sizes,
                 world_size=ddp.world_size,
+                data_file=describe_data_file(cfg.data.path),
             )
             self._print_header()
             if self.dashboard is not None:
