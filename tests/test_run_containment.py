@@ -217,3 +217,30 @@ def test_collect_env_still_sees_a_change_no_filter_applies_to_without_running_an
     assert sorted(p.name for p in markers.iterdir()) == []
     assert env["git_commit"] == git(repo, "rev-parse", "HEAD") and env["git_dirty"] is True
     assert "git_dirty" not in env["errors"]
+
+
+def test_a_report_rendered_later_is_never_written_through_a_linked_report_folder(run, outside):
+    from thesis_lib.reports import write_run_report_markdown
+
+    (outside / "report").mkdir()
+    os.symlink(outside / "report", run / "report")
+    with refused(rf"{run / 'report'} is a symbolic link"):
+        write_run_report_markdown(run)
+    assert contents(outside) == {"bashrc": b"export PATH=/usr/bin\n"}
+
+
+def test_a_model_pt_older_than_best_val_pt_is_not_taken_for_the_best_weights(run):
+    """A finished run resumed and killed: its model.pt is from the first ending, best_val.pt newer."""
+    import torch
+
+    from thesis_lib.facts.run_model import load_run_model_and_weights
+
+    best = torch.load(run / "best_val.pt", weights_only=True)
+    best["model"] = {k: v + 1.0 if v.is_floating_point() else v for k, v in best["model"].items()}
+    torch.save(best, run / "best_val.pt")
+    old = (run / "model.pt").stat().st_mtime_ns
+    os.utime(run / "best_val.pt", ns=(old + 10**9, old + 10**9))
+    model, _, _, weights = load_run_model_and_weights(run)
+    assert weights.file == "best_val.pt" and "older than best_val.pt" in weights.note
+    name, value = next((k, v) for k, v in best["model"].items() if v.is_floating_point())
+    assert torch.equal(model.state_dict()[name], value)

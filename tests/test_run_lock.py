@@ -327,3 +327,26 @@ def test_two_identical_sweeps_started_together_run_each_point_once(events, tmp_p
     assert recorded["state"] == "finished" and [p["status"] for p in recorded["points"]] == ["COMPLETED"] * 3
     assert {p["run_dir"] for p in recorded["points"]} == {f"runs/{run.name}" for run in runs}
     assert all(p["skipped"] for p in recorded["points"] if p["elsewhere"])
+
+
+def test_an_export_into_a_run_another_process_writes_is_refused_naming_it(events, tmp_path):
+    from thesis_lib import export_model
+    from thesis_lib.errors import RunLockedError
+
+    run_dir = Path(fit(tiny(events, tmp_path / "outputs"), dashboard=None).run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from thesis_lib.run_lock import hold_run_lock
+        with hold_run_lock({str(run_dir)!r}, "a test holding the run"):
+            print("HELD", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "HELD"
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}"):
+            export_model(run_dir, ["state_dict"])
+        assert not (run_dir / "exports").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert set(export_model(run_dir, ["state_dict"])) == {"state_dict", "export_info"}

@@ -17,6 +17,7 @@ size, before its file is written; the largest difference is recorded in ``export
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -34,6 +35,7 @@ from torch import nn
 from .version import __version__
 from .errors import ConfigError, ModelError, ThesisLibError
 from .atomic_files import atomic_write_bytes, atomic_write_text, check_inside
+from .run_lock import hold_run_lock
 from .layout import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
@@ -136,51 +138,56 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
     inside = run_dir if _is_within(out_dir, run_dir) else None
     if inside is not None:
         check_inside(inside, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Into the run directory under its writer lock: not while another process writes the run.
+    lock = (hold_run_lock(run_dir, "exporting the model", heartbeat_every_s=None) if inside is not None
+            else contextlib.nullcontext())
+    with lock:
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    sizes = (int(example_batch_size), int(example_batch_size) + 3)
-    batches = (_example_batch(meta, sizes[0], seed=0), _example_batch(meta, sizes[1], seed=1))
-    kind, keys = _forward_keys(model, batches[0], run_dir)
-    wrapper = ExportWrapper(model, keys).eval()
-    names = [name for _, name in _OUTPUTS[kind]]
-    with torch.no_grad():
-        expected = [_as_tuple(wrapper(*batch)) for batch in batches]
-    exporters: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
-        "state_dict": lambda: _export_state_dict(model, config, meta, keys),
-        "torchscript": lambda: _export_torchscript(wrapper, batches[0]),
-        "onnx": lambda: _export_onnx(wrapper, batches[0], names, opset),
-    }
-    specs = {"inputs": _specs(INPUT_NAMES, batches[0]), "outputs": _specs(names, expected[0])}
-    info = {"run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "task": config.model.task,
-            "thesis_lib": __version__, "created": _now(), "example_batch_size": sizes[0], "atol": atol,
-            "dynamic_axis": f"{BATCH_AXIS} (axis 0 of every input and output)",
-            "normalization": "inputs are z-scored with data_meta.json 'normalization' (padding tokens zero)",
-            "weights": weights.to_dict(), "formats": _earlier_exports(out_dir, run_dir)}
-    written: dict[str, Path] = {}
-    try:
-        for fmt in wanted:
-            data, extra = exporters[fmt]()
-            try:
-                diff = max(_max_abs_diff(want, extra["run"](batch)) for want, batch in zip(expected, batches))
-            except Exception as exc:  # e.g. a runtime refusing a batch size the export fixed
-                raise ModelError(f"{fmt} export of {run_dir}: the reloaded model failed on the check batches "
-                                 f"(sizes {sizes[0]} and {sizes[1]}): {type(exc).__name__}: {str(exc)[:300]}") from exc
-            if not diff <= atol:  # also catches NaN
-                raise ModelError(f"{fmt} export of {run_dir} differs from the eager model by {diff:.3g} "
-                                 f"(max abs, allowed {atol}); nothing was written for {fmt}")
-            written[fmt] = atomic_write_bytes(out_dir / EXPORT_FILES[fmt], data, inside=inside)
-            info["formats"][fmt] = {
-                "file": EXPORT_FILES[fmt], "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
-                **specs, "torch_version": torch.__version__, "opset": extra.get("opset"), "max_abs_diff": diff,
-                "checked_with": extra["checked_with"], "checked_batch_sizes": list(sizes), "load": extra["load"],
-                "weights": weights.file}
-    finally:
-        # Also on failure: the formats written so far are recorded before the error propagates.
-        if written:
-            written["export_info"] = atomic_write_text(out_dir / EXPORT_INFO_FILE, json.dumps(info, indent=2),
-                                                       inside=inside)
-            _record_in_model_info(run_dir, out_dir, info["formats"], written["export_info"])
-    return written
+        sizes = (int(example_batch_size), int(example_batch_size) + 3)
+        batches = (_example_batch(meta, sizes[0], seed=0), _example_batch(meta, sizes[1], seed=1))
+        kind, keys = _forward_keys(model, batches[0], run_dir)
+        wrapper = ExportWrapper(model, keys).eval()
+        names = [name for _, name in _OUTPUTS[kind]]
+        with torch.no_grad():
+            expected = [_as_tuple(wrapper(*batch)) for batch in batches]
+        exporters: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
+            "state_dict": lambda: _export_state_dict(model, config, meta, keys),
+            "torchscript": lambda: _export_torchscript(wrapper, batches[0]),
+            "onnx": lambda: _export_onnx(wrapper, batches[0], names, opset),
+        }
+        specs = {"inputs": _specs(INPUT_NAMES, batches[0]), "outputs": _specs(names, expected[0])}
+        info = {"run_id": run_dir.name, "run_dir": str(run_dir.resolve()), "task": config.model.task,
+                "thesis_lib": __version__, "created": _now(), "example_batch_size": sizes[0], "atol": atol,
+                "dynamic_axis": f"{BATCH_AXIS} (axis 0 of every input and output)",
+                "normalization": "inputs are z-scored with data_meta.json 'normalization' (padding tokens zero)",
+                "weights": weights.to_dict(), "formats": _earlier_exports(out_dir, run_dir)}
+        written: dict[str, Path] = {}
+        try:
+            for fmt in wanted:
+                data, extra = exporters[fmt]()
+                try:
+                    diff = max(_max_abs_diff(want, extra["run"](batch)) for want, batch in zip(expected, batches))
+                except Exception as exc:  # e.g. a runtime refusing a batch size the export fixed
+                    raise ModelError(f"{fmt} export of {run_dir}: the reloaded model failed on the check batches "
+                                     f"(sizes {sizes[0]} and {sizes[1]}): {type(exc).__name__}: "
+                                     f"{str(exc)[:300]}") from exc
+                if not diff <= atol:  # also catches NaN
+                    raise ModelError(f"{fmt} export of {run_dir} differs from the eager model by {diff:.3g} "
+                                     f"(max abs, allowed {atol}); nothing was written for {fmt}")
+                written[fmt] = atomic_write_bytes(out_dir / EXPORT_FILES[fmt], data, inside=inside)
+                info["formats"][fmt] = {
+                    "file": EXPORT_FILES[fmt], "sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data),
+                    **specs, "torch_version": torch.__version__, "opset": extra.get("opset"), "max_abs_diff": diff,
+                    "checked_with": extra["checked_with"], "checked_batch_sizes": list(sizes), "load": extra["load"],
+                    "weights": weights.file}
+        finally:
+            # Also on failure: the formats written so far are recorded before the error propagates.
+            if written:
+                written["export_info"] = atomic_write_text(out_dir / EXPORT_INFO_FILE, json.dumps(info, indent=2),
+                                                           inside=inside)
+                _record_in_model_info(run_dir, out_dir, info["formats"], written["export_info"])
+        return written
 
 
 def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any, Any]:

@@ -104,7 +104,11 @@ def load_run_model_and_weights(run_dir: str | Path, *, device: str | torch.devic
 def _read_weights(run_dir: Path, device: str | torch.device) -> tuple[Mapping, RunWeights]:
     """(state_dict, RunWeights) from model.pt, else from best_val.pt's "model" entry; ReportError naming the file."""
     model_path, best_path = run_dir / MODEL_FILE, run_dir / BEST_CHECKPOINT
-    if model_path.is_file():
+    # A finished run resumed and then killed keeps the model.pt of its first ending, while best_val.pt
+    # may have moved on since: the newer file holds the run's best weights.
+    stale = (model_path.is_file() and best_path.is_file()
+             and best_path.stat().st_mtime_ns > model_path.stat().st_mtime_ns)
+    if model_path.is_file() and not stale:
         return _load_state(run_dir, model_path, device), RunWeights(MODEL_FILE, model_path)
     if not best_path.is_file():
         raise ReportError(f"{run_dir}: neither {MODEL_FILE} nor {BEST_CHECKPOINT} found; the run saved no weights "
@@ -115,8 +119,12 @@ def _read_weights(run_dir: Path, device: str | torch.device) -> tuple[Mapping, R
         raise ReportError(f"{run_dir}: {BEST_CHECKPOINT} holds no 'model' state_dict (keys {sorted(map(str, checkpoint))}); "
                           f"expected the checkpoint training writes")
     epoch = checkpoint.get("epoch")
-    note = (f"{MODEL_FILE} not found: the run ended before writing it (a crash or a kill), "
-            f"so the best validation epoch's weights come from {BEST_CHECKPOINT}")
+    if stale:
+        note = (f"{MODEL_FILE} is older than {BEST_CHECKPOINT} (the run was resumed after writing it and did not "
+                f"finish again), so the best validation epoch's weights come from {BEST_CHECKPOINT}")
+    else:
+        note = (f"{MODEL_FILE} not found: the run ended before writing it (a crash or a kill), "
+                f"so the best validation epoch's weights come from {BEST_CHECKPOINT}")
     return state, RunWeights(BEST_CHECKPOINT, best_path, int(epoch) if isinstance(epoch, int) else None, note)
 
 

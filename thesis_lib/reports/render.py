@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import FactsError, ReportError
-from ..atomic_files import atomic_write_bytes, atomic_write_text
-from ..layout import CURVES_FIGURE, EVENTS_FILE, REPORT_MARKDOWN, REPORT_STEM, RUN_REPORT_DIR, TELEMETRY_FIGURE
+from ..atomic_files import atomic_write_bytes, atomic_write_text, check_inside
+from ..layout import (CURVES_FIGURE, EVENTS_FILE, REPORT_MARKDOWN, REPORT_STEM, RUN_REPORT_DIR, RUN_REPORT_NOTEBOOK,
+                      TELEMETRY_FIGURE)
 from ..run_lock import hold_run_lock
 from .template_exec import RUN_REPORT_TEMPLATE, run_template
 
@@ -212,8 +214,14 @@ def _writer_lock(run_dir: Path, output_dir: Path) -> contextlib.AbstractContextM
     """The run's writer lock when the report goes into the run directory (RunLockedError while another
     process writes it; re-entrant under fit's `finish`); nothing for a report written elsewhere, which
     leaves the run directory untouched and so renders from a read-only copy too."""
+    run_lexical, out_lexical = Path(os.path.abspath(run_dir)), Path(os.path.abspath(output_dir))
+    if out_lexical == run_lexical or run_lexical in out_lexical.parents:
+        # report/ (or the notebook in it) being a link would carry papermill's writes out of the run.
+        check_inside(run_dir, output_dir / RUN_REPORT_NOTEBOOK)
+        return hold_run_lock(run_dir, "rendering the run report")
     run_abs, out_abs = run_dir.resolve(), output_dir.resolve()
     if out_abs == run_abs or run_abs in out_abs.parents:
+        check_inside(run_abs, out_abs / RUN_REPORT_NOTEBOOK)
         return hold_run_lock(run_dir, "rendering the run report")
     return contextlib.nullcontext()
 

@@ -36,7 +36,7 @@ from ..shipped import shipped_notebook
 from ..version import __version__
 from ..errors import ConfigError, FactsError, ReportError, RunLockedError
 from ..facts import discover_runs, load_runs
-from ..atomic_files import atomic_write_text
+from ..atomic_files import append_open, atomic_write_text
 from ..layout import (SWEEP_REPORT_NOTEBOOK, FIGURES_DIR, INFERENCE_DIR, MANIFEST_FILE, REPORT_BACKLINKS, REPORT_STEM, REPORTS_DIR, RUNS_DIR,
                       SUMMARY_CSV, SUMMARY_JSON, SWEEP_FILE, SWEEPS_DIR, TRAINING_DIR, sanitize_run_name)
 from ..record.writer import to_plain
@@ -328,7 +328,7 @@ def _write_backlinks(report: SweepReport) -> None:
     for run_dir in report.runs_df["run_dir"]:
         try:
             with hold_run_lock(run_dir, "adding a sweep report's backlink", heartbeat_every_s=None):
-                with open(Path(run_dir) / REPORT_BACKLINKS, "a", encoding="utf-8") as handle:
+                with append_open(Path(run_dir) / REPORT_BACKLINKS, "a", inside=run_dir, encoding="utf-8") as handle:
                     handle.write(line)
         except RunLockedError as exc:
             warnings.warn(f"skipped the backlink to {run_dir}/{REPORT_BACKLINKS}: {exc}", stacklevel=3)

@@ -9,6 +9,8 @@ import itertools
 import os
 from pathlib import Path
 
+from ..atomic_files import append_open
+
 __all__ = ["TelemetryCsv", "Window", "EnergyMeter", "telemetry_columns", "latest_reading"]
 
 _GPU_FIELDS = ("util_pct", "mem_used_mb", "mem_total_mb", "power_w", "temp_c", "sm_clock_mhz", "energy_j")
@@ -43,13 +45,13 @@ class TelemetryCsv:
                 existing.seek(-1, os.SEEK_END)
                 torn = existing.read(1) != b"\n"
             if first == header:  # a resumed run: same devices, keep appending
-                self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+                self._file = append_open(self.path, "a", encoding="utf-8", buffering=1)
                 if torn:  # a run killed mid-line: start ours on a fresh line
                     self._file.write("\n")
                 return
             self.path = path.with_name(f"{path.stem}_{n}{path.suffix}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a", encoding="utf-8", buffering=1)
+        self._file = append_open(self.path, "a", encoding="utf-8", buffering=1)
         self._file.write(header + "\n")
 
     def write_row(self, t: float, cpu_pct: float | None, rss_mb: float | None, readings: list[dict] | None,
