@@ -254,3 +254,20 @@ def test_the_same_key_in_different_mappings_is_not_a_duplicate(tmp_path):
     config = load_config(path)  # a merge key's value may be overridden on purpose
     assert (config.telemetry.enabled, config.report.enabled) == (False, True)
     assert (config.model.vq.beta, config.model.adversarial.weight) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("source, message", [
+    ({"model.dropout": 0.1, "model": {"dropout": 0.2}},
+     "config: model.dropout is given twice (as 'model.dropout' and as 'model'); give each key once"),
+    ({"model": {"vq.decay": 0.5, "vq": {"decay": 0.6}}},
+     "config: model.vq.decay is given twice (as 'model.vq.decay' and as 'model.vq'); give each key once"),
+])
+def test_a_key_given_dotted_and_nested_in_one_mapping_is_refused(source, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(source)
+    assert str(info.value) == message
+
+
+def test_dotted_and_nested_keys_that_do_not_overlap_still_merge():
+    cfg = load_config({"model": {"dropout": 0.1}, "model.latent_dim": 4, "model.vq": {"decay": 0.5}})
+    assert (cfg.model.dropout, cfg.model.latent_dim, cfg.model.vq.decay) == (0.1, 4, 0.5)

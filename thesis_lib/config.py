@@ -436,16 +436,35 @@ def load_yaml(text: str, prefix: str = "") -> Any:
         loader.dispose()
 
 
-def _expand_dotted(data: Mapping, where: str) -> dict:
-    """Deep-copy a mapping, expanding dotted keys so `{"model.latent_dim": 8}` nests."""
+def _expand_dotted(data: Mapping, where: str, prefix: str = "") -> dict:
+    """Deep-copy a mapping, expanding dotted keys so `{"model.latent_dim": 8}` nests.
+
+    One mapping that sets a key twice, once dotted and once nested (`{"model.dropout": 0.1,
+    "model": {"dropout": 0.2}}`), is refused like a duplicate YAML key: which one was meant?
+    """
     result: dict = {}
+    given: dict[str, str] = {}  # each leaf's dotted path -> the key that set it
     for key, value in data.items():
         if not isinstance(key, str):
             raise ConfigError(f"{where}: config keys must be strings, got {key!r}")
         if isinstance(value, Mapping):
-            value = _expand_dotted(value, where)
+            value = _expand_dotted(value, where, prefix=f"{prefix}{key}.")
+        for leaf in _leaf_paths(key, value):
+            clash = next((path for path in given if path == leaf or path.startswith(leaf + ".")
+                          or leaf.startswith(path + ".")), None)
+            if clash is not None:
+                raise ConfigError(f"{where}: {prefix}{leaf} is given twice (as {prefix + given[clash]!r} and as "
+                                  f"{prefix + key!r}); give each key once")
+        given.update({leaf: key for leaf in _leaf_paths(key, value)})
         _set_dotted(result, key, value)
     return result
+
+
+def _leaf_paths(key: str, value: Any) -> list[str]:
+    """The dotted paths of the leaves `key: value` sets (a non-empty mapping is not itself a leaf)."""
+    if isinstance(value, Mapping) and value:
+        return [path for sub, inner in value.items() for path in _leaf_paths(f"{key}.{sub}", inner)]
+    return [key]
 
 
 def _set_dotted(target: dict, dotted: str, value: Any) -> None:
