@@ -93,12 +93,19 @@ def fit(
                 notes = _hold_writer_lock(held, ddp, run_dir, "training (fit)")
             if not ddp.is_main:
                 with silence_output() as capture:
-                    return run.execute(run_dir, run_id, capture, None)
-            with capture_output(run_dir / STDOUT_LOG) as capture:
-                for note in notes:  # a stale lock taken over: said in the run's log, recorded in its facts
-                    print(f"[{run_id}] run lock: {note}")
-                    capture.incidents.append({"part": "lock", "message": note, "path": str(run_dir / WRITER_LOCK)})
-                return run.execute(run_dir, run_id, capture, dashboard, finish)
+                    result = run.execute(run_dir, run_id, capture, None)
+            else:
+                with capture_output(run_dir / STDOUT_LOG) as capture:
+                    for note in notes:  # a stale lock taken over: said in the run's log, recorded in its facts
+                        print(f"[{run_id}] run lock: {note}")
+                        capture.incidents.append({"part": "lock", "message": note,
+                                                  "path": str(run_dir / WRITER_LOCK)})
+                    result = run.execute(run_dir, run_id, capture, dashboard, finish)
+            # Under torchrun the ranks leave the process group together: a rank that tore gloo down
+            # while rank 0 still wrote its ending (model_info, figures, the report) could abort
+            # ("terminate called without an active exception") at exit.
+            ddp.barrier()
+            return result
     finally:
         ddp.close()
 
