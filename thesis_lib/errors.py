@@ -19,6 +19,7 @@ __all__ = [
     "RunLockedError",
     "UnsafePathError",
     "did_you_mean",
+    "describe_error",
 ]
 
 
@@ -74,3 +75,11 @@ def did_you_mean(name: object, allowed: Iterable[object]) -> Optional[str]:
     """The allowed name closest to `name` (difflib's ratio of at least 0.5), or None: the hint of an error message."""
     matches = difflib.get_close_matches(str(name), [str(a) for a in allowed], n=1, cutoff=0.5)
     return matches[0] if matches else None
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error as a message line: "[Errno 28] No space left on device" for an OS error (the path is the
+    caller's to name), "TypeName: message" for anything else."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return f"{type(exc).__name__}: {exc}"

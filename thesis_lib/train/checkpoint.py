@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, describe_error
 from ..atomic_files import atomic_open
 from ..layout import LAST_CHECKPOINT
 
@@ -34,8 +34,7 @@ def save_checkpoint(path: Path, payload: dict) -> Path:
         with atomic_open(path) as handle:
             handle.write(buffer.getbuffer())
     except OSError as exc:
-        text = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
-        raise CheckpointError(f"could not write checkpoint {path}: {text}") from exc
+        raise CheckpointError(f"could not write checkpoint {path}: {describe_error(exc)}") from exc
     return Path(path)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Optional, TextIO
 
+from ..errors import describe_error
 from ..atomic_files import append_open, check_inside
 from ..layout import STDOUT_LOG
 
@@ -101,7 +102,7 @@ class CapturedOutput:
         if self.log_lost:
             return
         self.log_lost = True
-        message = f"could not write {self.log_path}: {_os_error_text(exc)}; the rest of the output goes to the console only"
+        message = f"could not write {self.log_path}: {describe_error(exc)}; the rest of the output goes to the console only"
         self.incidents.append({"part": "stdout_log", "message": message, "path": str(self.log_path),
                                "error_type": type(exc).__name__})
         if self._console is not None and not self.console_lost:
@@ -113,12 +114,6 @@ class CapturedOutput:
         taken, self.incidents = self.incidents, []
         return taken
 
-
-def _os_error_text(exc: BaseException) -> str:
-    """"[Errno 28] No space left on device" for an OSError; type and message otherwise."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"[Errno {exc.errno}] {exc.strerror}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 @contextlib.contextmanager

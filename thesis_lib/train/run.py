@@ -29,7 +29,7 @@ import torch
 
 from ..config import Config
 from ..data import make_loaders
-from ..errors import CheckpointError, NonFiniteLossError, ReportError
+from ..errors import CheckpointError, NonFiniteLossError, ReportError, describe_error
 from ..devices import resolve_device
 from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, EVENTS_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE,
                       MODEL_INFO_FILE, TELEMETRY_FILE)
@@ -259,7 +259,7 @@ class TrainingRun:
             return True
         except OSError as exc:
             path = getattr(exc, "filename", None) or self.run_dir / EVENTS_FILE
-            print(f"[{self.run_id}] warning: could not write {moment} to {path}: {_os_error_text(exc)}")
+            print(f"[{self.run_id}] warning: could not write {moment} to {path}: {describe_error(exc)}")
             return False
 
     def _record_incidents(self, writer: RunWriter) -> None:
@@ -569,7 +569,7 @@ class TrainingRun:
         try:
             write()
         except Exception as exc:  # noqa: BLE001 - model.pt and on_train_end are written; nothing here may undo them
-            text = _os_error_text(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            text = describe_error(exc)
             self._incident(writer, part, text, path=getattr(exc, "filename", None) or path, error_type=type(exc).__name__)
 
     def _figure_monitor(self) -> Optional[FigureMonitor]:
@@ -582,12 +582,6 @@ class TrainingRun:
         return FigureMonitor(self.run_dir, families, self.cfg.logging.figures_every_n_epochs, probe,
                              cont_features=self.meta.cont_features)
 
-
-def _os_error_text(exc: BaseException) -> str:
-    """"[Errno 28] No space left on device" for an OSError; type and message otherwise."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"[Errno {exc.errno}] {exc.strerror}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _fmt(value: Optional[float]) -> str:
