@@ -185,6 +185,7 @@ def test_the_name_check_catches_a_literal_and_spares_docstrings_and_words():
 _SOMETIMES = {
     layout.DRIVER_NOTEBOOK: "a run through papermill",
     layout.REPORT_BACKLINKS: "a sweep report that includes the run",
+    f"{layout.RUN_REPORT_DIR}/{layout.REPORT_PDF}": "report.pdf: true, or thesis-lib report run --pdf",
     f"{layout.EXPORTS_DIR}/{layout.TORCHSCRIPT_EXPORT}": "thesis-lib export --format torchscript",
     f"{layout.EXPORTS_DIR}/{layout.ONNX_EXPORT}": "thesis-lib export --format onnx",
 }

@@ -23,6 +23,7 @@ from thesis_lib.reports import (
     write_run_report_markdown,
 )
 from thesis_lib.reports.findings import find
+from thesis_lib.reports.telemetry_plot import PROCESS_PANELS
 from thesis_lib.reports.template_exec import RUN_REPORT_TEMPLATE, template_sections
 
 pytest_plugins = ("report_fixtures",)
@@ -126,7 +127,7 @@ def test_key_metrics_of_a_gpu_run_are_the_hand_written_numbers(tmp_path):
                  "Sampled by nvml every 0.5 s (10 samples); power field: instant; energy: counter."]:
         assert line in markdown, line
     headings = [line for line in markdown.splitlines() if line.startswith("#")]
-    assert headings == [f"# Run report: {RUN_ID}", "## Executive summary", "## Key metrics", "## Configuration",
+    assert headings == [f"# Run report: {RUN_ID}", "## Executive summary", "## Key metrics", "## Configuration", "## Dataset",
                         "## Training curves", "## Telemetry", "## Findings", "## Test metrics", "## Log tail"]
 
 
@@ -148,7 +149,7 @@ def test_a_section_reads_the_same_alone_and_in_the_whole_report(tmp_path):
     report = load_run_report(write_run(tmp_path))
     images = {"telemetry": "telemetry.png", "curves": "curves.png"}
     names = template_sections(RUN_REPORT_TEMPLATE)
-    assert names == ["title", "summary", "metrics", "configuration", "curves", "telemetry", "findings", "test", "log"]
+    assert names == ["title", "summary", "metrics", "configuration", "dataset", "curves", "telemetry", "findings", "test", "log"]
     assert report.to_markdown(images) == "\n".join(report.section(name, images) for name in names)
 
 
@@ -173,10 +174,10 @@ def test_cpu_only_report_says_no_gpu_telemetry_and_why(tmp_path):
     assert "| GPU utilisation avg | n/a (no GPU telemetry) |" in markdown and "| Energy per sample | n/a |" in markdown
     assert "Process: CPU 100.0 % on average, RSS peak 2,090 MB." in markdown
     fig = telemetry_figure(report)
-    assert len(fig.axes) == 6
-    gpu_texts = [" ".join(t.get_text() for t in ax.texts) for ax in fig.axes[2:]]
-    assert all("no GPU telemetry" in text and "NVML unavailable" in text for text in gpu_texts)
-    assert all(ax.has_data() for ax in fig.axes[:2])
+    # The process's CPU % and RSS take the GPU panels' place; why there is no GPU is written beneath.
+    assert [ax.get_title(loc="left") for ax in fig.axes] == list(PROCESS_PANELS)
+    assert all(ax.has_data() and not ax.texts for ax in fig.axes)
+    assert fig.get_supxlabel() == "No GPU telemetry: NVML unavailable: libnvidia-ml.so.1 not found."
     assert "energy" not in _kinds(report) and "gpu_underused" not in _kinds(report)
 
 
@@ -218,7 +219,7 @@ def test_running_and_crashed_runs_report_what_they_wrote(tmp_path):
     assert running.status == "RUNNING" and running.findings == []  # the no-finding case
     assert "No findings" in running.section("findings")
     crashed = load_run_report(write_run(tmp_path / "b", ended=False, pid=2**22 + 4321))
-    assert crashed.status == "CRASHED" and _kinds(crashed)[0] == "failure"
+    assert crashed.status == "CRASHED" and _kinds(crashed)[0] == "stop"
     assert "has no end event" in crashed.findings[0].text and "6 epochs in scalars.csv" in crashed.findings[0].evidence
 
 
@@ -238,7 +239,7 @@ def _epochs(train, val, lr=None, wait=None, grad=None):
 
 def test_a_healthy_run_finds_only_why_it_stopped_and_that_it_converged(tmp_path):
     report = load_run_report(write_run(tmp_path))
-    assert _kinds(report) == ["stop", "convergence", "energy"]
+    assert _kinds(report) == ["stop", "outcome", "energy"]
     convergence = report.findings[1]
     assert convergence.title == "Converged" and "improved by only 0.50 %" in convergence.text
     assert convergence.evidence == "best val loss 0.8 by epoch 2 -> 0.796 by epoch 5 (0.50 %)"
@@ -248,21 +249,22 @@ def test_a_healthy_run_finds_only_why_it_stopped_and_that_it_converged(tmp_path)
 
 def test_still_improving(tmp_path):
     report = load_run_report(write_run(tmp_path, _epochs([1.0, 0.9, 0.8, 0.7], [1.0, 0.9, 0.8, 0.7])))
-    finding = next(f for f in report.findings if f.kind == "convergence")
+    finding = next(f for f in report.findings if f.kind == "outcome")
     assert finding.title == "Still improving" and "fell 30.00 %" in finding.text
 
 
 def test_overfitting_names_the_epoch_it_began(tmp_path):
     report = load_run_report(write_run(tmp_path, _epochs([1.0, 0.8, 0.6, 0.5, 0.4, 0.3], [1.0, 0.8, 0.7, 0.75, 0.8, 0.9])))
-    finding = next(f for f in report.findings if f.kind == "overfitting")
+    finding = next(f for f in report.findings if f.kind == "outcome")
     assert "From epoch 2 on" in finding.text and "from 0.1 (epoch 2) to 0.6 (epoch 5)" in finding.text
-    assert finding.evidence == "val loss 0.7 -> 0.8 and train loss 0.6 -> 0.4 over epochs 2-4 (scalars.csv)"
+    assert finding.evidence == ("val loss 0.7 (epoch 2) -> 0.9 (epoch 5), +28.57 %; train loss 0.6 -> 0.3 over the same "
+                                "epochs; val rose and train fell in each of the last 2 epochs (scalars.csv)")
     assert finding.level == "warning"
 
 
 def test_a_gap_that_closes_again_is_not_over_fitting(tmp_path):
     epochs = _epochs([1.0, 0.9, 0.8, 0.7, 0.6, 0.5], [1.0, 1.05, 1.1, 0.6, 0.55, 0.5])
-    assert "overfitting" not in _kinds(load_run_report(write_run(tmp_path, epochs)))
+    assert "Over-fitting" not in [f.title for f in load_run_report(write_run(tmp_path, epochs)).findings]
 
 
 def test_plateau_ended_by_an_lr_cut(tmp_path):
@@ -296,7 +298,7 @@ def test_non_finite_loss_cites_the_message_and_the_gradient_norm(tmp_path):
     epochs = _epochs([1.0, 0.9, 0.8, 0.7], [1.0, 0.9, 0.8, 0.7], grad=[1.0, 2.0, 8.0, 40.0])
     report = load_run_report(write_run(tmp_path, epochs, status="FAILED", stop_reason="non_finite_loss", exception=error))
     finding = report.findings[0]
-    assert (finding.kind, finding.title, finding.level) == ("failure", "Loss became NaN/inf", "warning")
+    assert (finding.kind, finding.title, finding.level) == ("stop", "Loss became NaN/inf", "warning")
     assert "because training loss became nan at step 37 in epoch 4." in finding.text and "optim.grad_clip" in finding.text
     assert "grad norm 1 (epoch 0) -> 40 (epoch 3)" in finding.evidence and "last finite train loss 0.7 (epoch 3)" in finding.evidence
 

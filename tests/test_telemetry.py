@@ -160,7 +160,20 @@ def test_mark_windows_split_the_energy(tmp_path):
     assert first["energy_j"] + second["energy_j"] + rest["energy_j"] == pytest.approx(summary["energy_j"], rel=1e-9)
 
 
-def test_no_gpu_backend_writes_cpu_columns_only(tmp_path):
+def _nvml_without_library() -> types.ModuleType:
+    """A pynvml whose nvmlInit fails as it does on a machine without the NVIDIA driver."""
+    class NVMLError_LibraryNotFound(Exception):
+        def __str__(self) -> str:
+            return "NVML Shared Library Not Found"
+
+    def nvml_init() -> None:
+        raise NVMLError_LibraryNotFound()
+
+    return types.SimpleNamespace(nvmlInit=nvml_init, NVMLError_LibraryNotFound=NVMLError_LibraryNotFound)
+
+
+def test_no_gpu_backend_writes_cpu_columns_only(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", _nvml_without_library())
     path = tmp_path / "telemetry.csv"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -174,7 +187,8 @@ def test_no_gpu_backend_writes_cpu_columns_only(tmp_path):
     assert any(r["cpu_pct"] != "" for r in rows)
     info = sampler.info()
     assert info["backend"] is None and info["devices"] == [] and info["energy_method"] is None
-    assert info["warning"] == "GPU telemetry off: no GPU backend was requested (backend=None)"
+    # NVML, asked once why there is no GPU, answers in its own words
+    assert info["warning"] == "no NVIDIA GPU visible: NVML Shared Library Not Found"
     assert telemetry_warnings(caught) == []  # asked for: recorded, not warned
     assert window["energy_j"] is None and window["power_avg_w"] is None and window["samples"] >= 3
 
@@ -187,8 +201,8 @@ def test_auto_without_pynvml_and_failing_init_warn_once(tmp_path, monkeypatch):
         failing = ScriptedBackend([H100], steady(), fail_init="Driver Not Loaded")
         failed = TelemetrySampler(tmp_path / "b.csv", interval_s=0.1, backend=failing).start().stop()
     assert telemetry_warnings(caught) == [
-        "GPU telemetry off: pynvml is not installed (pip install nvidia-ml-py)",
-        "GPU telemetry off: the scripted backend could not start (ScriptedNVMLError: Driver Not Loaded)",
+        "pynvml is not installed, so NVIDIA GPUs cannot be read (pip install nvidia-ml-py)",
+        "the scripted backend could not start (ScriptedNVMLError: Driver Not Loaded)",
     ]
     assert summary["backend"] is None and failed["backend"] is None and failed["samples"] >= 1
     assert read_rows(tmp_path / "b.csv")[0] == ["t", "cpu_pct", "rss_mb"]

@@ -111,7 +111,7 @@ def test_report_rendered_at_the_end_of_train(events, tmp_path):
 def test_report_failure_never_fails_the_run(events, tmp_path, monkeypatch):
     import thesis_lib.reports as reports
 
-    def broken(run_dir):
+    def broken(run_dir, **options):
         raise RuntimeError("template exploded")
 
     monkeypatch.setattr(reports, "render_run_report", broken)

@@ -94,13 +94,15 @@ def _cmd_report_run(args: argparse.Namespace) -> int:
     from .reports import render_run_report, write_run_report_markdown
 
     if args.markdown_only:
+        if args.pdf:
+            raise ReportError("--pdf prints report.html, which --markdown-only does not write: pass one of them")
         paths = write_run_report_markdown(args.run_dir, args.output_dir)
     else:
         try:
-            paths = render_run_report(args.run_dir, args.output_dir)
+            paths = render_run_report(args.run_dir, args.output_dir, engine=args.engine, pdf=args.pdf)
         except ImportError as exc:
             raise ReportError(
-                f"rendering the notebook report for {args.run_dir} needs {exc.name or exc}, which is not installed; "
+                f"rendering the report for {args.run_dir} needs {exc.name or exc}, which is not installed; "
                 "install it or pass --markdown-only"
             ) from exc
     for key, path in paths.items():
@@ -188,12 +190,14 @@ def _add_report_sweep_command(report_subparsers: argparse._SubParsersAction) -> 
     parser.add_argument("--name", help="report name (default: the analysis name)")
     parser.add_argument("--no-notebook", action="store_true",
                         help="write the layout only, without executing the notebook (no report.html / report.md)")
+    _add_render_options(parser)
     parser.set_defaults(func=_cmd_report_sweep)
     return parser
 
 
 def _cmd_report_sweep(args: argparse.Namespace) -> int:
     """Run `thesis-lib report sweep`; prints where the report went."""
+    from .errors import ReportError
     from .reports import build_sweep_report, render_sweep_report
 
     kwargs = dict(
@@ -207,12 +211,28 @@ def _cmd_report_sweep(args: argparse.Namespace) -> int:
         output_dir=args.output_dir, name=args.name,
     )
     if args.no_notebook:
+        if args.pdf:
+            raise ReportError("--pdf prints report.html, which --no-notebook does not write: pass one of them")
         report = build_sweep_report(**kwargs)
         print(f"sweep report ({len(report.runs_df)} runs): {report.report_dir}")
     else:
-        paths = render_sweep_report(**kwargs)
-        print(f"sweep report: {paths['report_dir']}\n  html: {paths['html']}\n  markdown: {paths['markdown']}")
+        paths = render_sweep_report(**kwargs, engine=args.engine, pdf=args.pdf)
+        print(f"sweep report: {paths['report_dir']}")
+        for key in ("html", "markdown", "pdf"):
+            if key in paths:
+                print(f"  {key}: {paths[key]}")
     return 0
+
+
+def _add_render_options(parser: argparse.ArgumentParser) -> None:
+    """--pdf and --engine, shared by `report run` and `report sweep`."""
+    from .reports.render import ENGINES
+
+    parser.add_argument("--pdf", action="store_true",
+                        help="also print report.html to report.pdf with Chromium (apt-get install chromium)")
+    parser.add_argument("--engine", choices=ENGINES, default="inprocess",
+                        help="run the template's cells in this process (default, about a second) or in a fresh "
+                             "Jupyter kernel through papermill")
 
 
 def _pairs(items: Iterable[str], option: str) -> list[tuple[str, str]]:
@@ -281,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     report_run_p.add_argument("run_dir", help="the run directory")
     report_run_p.add_argument("--output-dir", help="where the report goes (default: <run_dir>/report)")
     report_run_p.add_argument(
-        "--markdown-only", action="store_true", help="write report.md and the figures without papermill/nbconvert"
+        "--markdown-only", action="store_true", help="write report.md and the figures only (no HTML page)"
     )
+    _add_render_options(report_run_p)
     report_run_p.set_defaults(func=_cmd_report_run)
 
     from .export import EXPORT_FORMATS

@@ -242,6 +242,7 @@ class TelemetryConfig:
 @dataclass
 class ReportConfig:
     enabled: bool = True  # render report/ (report.md, telemetry.png, report.html) when a run ends; fail-soft
+    pdf: bool = False  # also write report/report.pdf through Chromium (needs `apt-get install chromium`)
 
 
 @dataclass

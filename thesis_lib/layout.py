@@ -67,6 +67,7 @@ WRITER_RECORD = "writer.json"
 REPORT_STEM = "report"
 REPORT_HTML = f"{REPORT_STEM}.html"
 REPORT_MARKDOWN = f"{REPORT_STEM}.md"
+REPORT_PDF = f"{REPORT_STEM}.pdf"
 TELEMETRY_FIGURE = "telemetry.png"
 CURVES_FIGURE = "curves.png"
 # The executed report notebook keeps its template's name (report_templates/<name>).
@@ -76,7 +77,9 @@ SWEEP_REPORT_NOTEBOOK = "sweep_report.ipynb"
 RUN_LAYOUT: dict[str, str] = {
     CONFIG_FILE: "the resolved config that produced the run, exactly",
     ENV_FILE: "host, python, torch, CUDA, GPU name/driver/power limit, git commit, pid, world size",
-    DATA_META_FILE: "feature names, split sizes and the train split's z-score statistics",
+    DATA_META_FILE: "feature names, split sizes and the train split's z-score statistics; `dataset`: the data "
+                    "file's identity and format, rows per split, features, class counts per split, where the "
+                    "normalization came from, the loaders (absent in runs before it)",
     FACTS_DIR: "the run's facts, append-only",
     EVENTS_FILE: "lifecycle events (on_start ... on_exception), one JSON object a line",
     SCALARS_FILE: "one row per (epoch, split) under a header fixed at the start",
@@ -97,7 +100,8 @@ RUN_LAYOUT: dict[str, str] = {
     f"{EXPORTS_DIR}/{ONNX_EXPORT}": "the model as ONNX, dynamic batch axis",
     DRIVER_NOTEBOOK: "the executed driver notebook, when the run went through papermill",
     RUN_REPORT_DIR: "the run report (report.enabled)",
-    f"{RUN_REPORT_DIR}/{REPORT_HTML}": "the report as one offline HTML page",
+    f"{RUN_REPORT_DIR}/{REPORT_HTML}": "the report as one offline HTML page: no script, images embedded",
+    f"{RUN_REPORT_DIR}/{REPORT_PDF}": "the report printed by Chromium (report.pdf, or --pdf)",
     f"{RUN_REPORT_DIR}/{REPORT_MARKDOWN}": "the report as Markdown, figures beside it",
     f"{RUN_REPORT_DIR}/{TELEMETRY_FIGURE}": "the six telemetry panels: loss, LR, VRAM, GPU util, power, temperature",
     f"{RUN_REPORT_DIR}/{CURVES_FIGURE}": "loss and metric curves per epoch",
@@ -136,7 +140,8 @@ REPORT_LAYOUT: dict[str, str] = {
     INFERENCE_DIR: "the inference analysis (when asked for)",
     f"{INFERENCE_DIR}/{SUMMARY_JSON}": "per-run reconstruction errors and AUROC",
     f"{INFERENCE_DIR}/{FIGURES_DIR}": "error distributions and ROC curves",
-    REPORT_HTML: "the executed sweep report as one offline HTML page",
+    REPORT_HTML: "the executed sweep report as one offline HTML page: no script, images embedded",
+    REPORT_PDF: "the sweep report printed by Chromium (--pdf)",
     REPORT_MARKDOWN: "the executed sweep report as Markdown",
     SWEEP_REPORT_NOTEBOOK: "the executed report template, outputs and all",
 }

@@ -7,6 +7,7 @@ loop's package imports nothing from `reports`.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
@@ -37,11 +38,13 @@ def train(
         the run ends FAILED.
     """
     cfg = load_config(config, overrides)
-    return fit(cfg, dashboard=dashboard, finish=render_run_report_for if cfg.report.enabled else None)
+    finish = functools.partial(render_run_report_for, pdf=cfg.report.pdf) if cfg.report.enabled else None
+    return fit(cfg, dashboard=dashboard, finish=finish)
 
 
-def render_run_report_for(run_dir: Path) -> None:
-    """Render report/ for the run: HTML and Markdown, or Markdown alone where papermill/nbconvert are missing.
+def render_run_report_for(run_dir: Path, *, pdf: bool = False) -> None:
+    """Render report/ for the run in this process: HTML and Markdown (and the PDF when `pdf`), or
+    Markdown alone where the HTML page's Markdown engine (mistune) is missing.
 
     Raises:
         ReportError: the report could not be rendered (the message names the run and the step).
@@ -51,8 +54,8 @@ def render_run_report_for(run_dir: Path) -> None:
     from .reports import render_run_report
 
     try:
-        paths = render_run_report(run_dir)
-        print(f"report: {paths.get('html') or paths.get('markdown')}")
+        paths = render_run_report(run_dir, pdf=pdf)
+        print(f"report: {paths.get('pdf') or paths.get('html') or paths.get('markdown')}")
         return
     except ImportError as exc:
         missing = exc.name or str(exc)
@@ -60,7 +63,7 @@ def render_run_report_for(run_dir: Path) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever broke, the run records it as its report's failure
         raise ReportError(f"report not rendered for {run_dir}: {type(exc).__name__}: {exc}") from exc
-    # Machines without papermill/nbconvert (a bare GPU image): the Markdown report alone.
+    # A bare image without mistune: the Markdown report alone.
     from .reports import write_run_report_markdown
 
     try:

@@ -1,133 +1,128 @@
-"""Rendering reports: papermill executes a template notebook, nbconvert exports it to HTML and Markdown.
+"""Rendering reports: a template notebook executed (in this process, or by papermill), then report.md and report.html.
 
-The HTML embeds every image as a data URI, so the file opens offline on its own (nbconvert's
-page still names require.js and MathJax on a CDN; offline they do not load, and a run report has
-no math to typeset); the Markdown keeps images as files beside it. Both hide the code, so the report reads as a document.
-papermill and nbconvert are imported only when a notebook is rendered: on a machine without
-them `render_run_report` raises ImportError and `write_run_report_markdown` still works: it runs
-the same template's cells in this process (`template_exec`), so both paths share one layout.
+Both engines run the same template cells and leave the same executed notebook; report.md is its
+shown Markdown (`template_exec.notebook_markdown`) and report.html that Markdown as one inert,
+offline page (`html_page`), so the two engines give the same report.
+
+- `engine="inprocess"` (the default): `template_exec.run_template` runs the cells here, in a
+  namespace of their own, collecting what they `show` instead of displaying it, so a report
+  rendered at the end of a run inside a user's notebook leaves the user's namespace and cell
+  outputs alone. No kernel is started: a small run's report takes about a second, not eight.
+- `engine="papermill"`: papermill executes the template in a fresh Jupyter kernel (what
+  `papermill report_templates/run_report.ipynb out.ipynb -p run_dir ...` does by hand); for a
+  template that needs a kernel of its own, or to check the in-process path against it.
+
+`pdf=True` also prints report.html to report.pdf with Chromium (`pdf.write_pdf`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..errors import FactsError, ReportError
-from ..atomic_files import atomic_write_bytes, atomic_write_text, check_inside
-from ..layout import (CURVES_FIGURE, EVENTS_FILE, REPORT_MARKDOWN, REPORT_STEM, RUN_REPORT_DIR, RUN_REPORT_NOTEBOOK,
-                      TELEMETRY_FIGURE)
+from ..atomic_files import atomic_write_text, check_inside
+from ..layout import (CURVES_FIGURE, EVENTS_FILE, REPORT_HTML, REPORT_MARKDOWN, REPORT_PDF, RUN_REPORT_DIR,
+                      RUN_REPORT_NOTEBOOK, TELEMETRY_FIGURE)
 from ..run_lock import hold_run_lock
-from .template_exec import RUN_REPORT_TEMPLATE, run_template
+from .html_page import report_page
+from .template_exec import RUN_REPORT_TEMPLATE, TemplateRun, executed_notebook, notebook_markdown, run_template
 
-__all__ = ["RUN_REPORT_TEMPLATE", "render_notebook", "export_notebook", "render_run_report", "write_run_report_markdown"]
+__all__ = ["RUN_REPORT_TEMPLATE", "ENGINES", "render_template", "render_run_report", "write_run_report_markdown"]
 
-# Markdown cells of a template that explain the template itself, not the run: left out of exports.
-TEMPLATE_NOTE_TAG = "template-note"
+ENGINES = ("inprocess", "papermill")
 
 
-def render_notebook(
+def render_template(
     template: Union[str, Path],
     output_dir: Union[str, Path],
     parameters: Mapping[str, Any],
     *,
-    name: str,
+    title: str,
+    engine: str = "inprocess",
+    pdf: bool = False,
     kernel_name: str = "python3",
     timeout: int = 600,
 ) -> dict[str, Path]:
-    """Execute a template with papermill in `output_dir`, save it, and export it to HTML and Markdown.
-
-    On a failing cell, the executed notebook (papermill marks the error in it) and whatever
-    exports can still be made are written first, then ReportError is raised.
+    """Execute a report template into `output_dir`: the executed notebook, report.md, report.html (and report.pdf).
 
     Args:
         template: the template notebook (its parameters cell tagged "parameters").
-        output_dir: where everything goes; also the kernel's working directory.
-        parameters: values papermill injects after the parameters cell.
-        name: the stem of the exports: `<name>.html`, `<name>.md`, images in `<name>_files/`.
-        kernel_name: the Jupyter kernel to run.
-        timeout: seconds one cell may run.
+        output_dir: where everything goes; relative image links in the Markdown resolve against it.
+        parameters: the values papermill would inject after the parameters cell.
+        title: the HTML page's title.
+        engine: "inprocess" (the cells run in this process) or "papermill" (a fresh kernel).
+        pdf: also write report.pdf through Chromium.
+        kernel_name, timeout: the kernel and the seconds one cell may run (papermill engine only).
 
     Returns:
-        {"notebook": executed .ipynb (named like the template), "html": ..., "markdown": ...}.
+        {"notebook", "markdown", "html"} and "pdf" when asked: the paths written.
 
     Raises:
-        ImportError: papermill, nbformat or nbconvert is not installed.
-        ReportError: the template is missing, a cell failed, or the export failed; the message
-            names the template, the cell and its error.
+        ImportError: engine "papermill" without papermill installed.
+        ReportError: the template is missing, a cell failed (the message names the cell and its
+            error), the page failed the inertness check, or the PDF could not be printed.
     """
-    import nbconvert  # noqa: F401  (imported before the kernel starts: a missing exporter should fail fast)
+    if engine not in ENGINES:
+        raise ReportError(f"report engine {engine!r} is not one of {', '.join(ENGINES)}")
+    template, output_dir = Path(template), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    notebook_path = output_dir / template.name
+    if engine == "papermill":
+        notebook = _execute_with_papermill(template, notebook_path, parameters, kernel_name=kernel_name,
+                                           timeout=timeout)
+    else:
+        run = TemplateRun()
+        try:
+            run_template(template, parameters, into=run)
+        except (ReportError, FactsError):
+            raise
+        except Exception as exc:
+            # What ran before the failure is kept, as papermill keeps it: the notebook with the error, report.md.
+            notebook = executed_notebook(template, run, parameters, error=exc)
+            atomic_write_text(notebook_path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+            atomic_write_text(output_dir / REPORT_MARKDOWN, notebook_markdown(notebook))
+            raise ReportError(f"{template.name} failed: cell {run.failed_cell} raised {type(exc).__name__}: {exc}; "
+                              f"the executed notebook with the error is {notebook_path}") from exc
+        notebook = executed_notebook(template, run, parameters)
+        atomic_write_text(notebook_path, json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
+    markdown = notebook_markdown(notebook)
+    paths = {"notebook": notebook_path,
+             "markdown": atomic_write_text(output_dir / REPORT_MARKDOWN, markdown),
+             "html": atomic_write_text(output_dir / REPORT_HTML, report_page(markdown, title=title, base_dir=output_dir))}
+    if pdf:
+        from .pdf import write_pdf
+
+        paths["pdf"] = write_pdf(paths["html"], output_dir / REPORT_PDF, inside=output_dir)
+    return paths
+
+
+def _execute_with_papermill(template: Path, notebook: Path, parameters: Mapping[str, Any], *, kernel_name: str,
+                            timeout: int) -> dict:
+    """papermill runs the template in a new kernel (cwd: the output directory); the executed notebook's JSON."""
     import papermill
 
-    template, output_dir = Path(template), Path(output_dir)
-    if not template.is_file():
-        raise ReportError(f"report template {template} does not exist")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    notebook = output_dir / template.name
     failure: Optional[str] = None
     try:
         papermill.execute_notebook(
-            str(template), str(notebook), parameters=dict(parameters), cwd=str(output_dir),
+            str(template), str(notebook), parameters=dict(parameters), cwd=str(notebook.parent),
             kernel_name=kernel_name, execution_timeout=timeout, progress_bar=False,
-            # ipykernel 7 warns at every start that its local TCP sockets are unencrypted; in a
-            # report kernel that line only lands in the caller's output. Cell errors still raise.
-            extra_arguments=["--IPKernelApp.log_level=ERROR"],
+            # ipykernel warns at every start that its local sockets are unencrypted, and logs the
+            # interrupt nbclient sends while shutting a finished kernel down as an ERROR: neither is
+            # about the report. A failing cell still raises PapermillExecutionError.
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except papermill.PapermillExecutionError as exc:
         failure = f"cell {exc.exec_count} raised {exc.ename}: {exc.evalue}"
     except Exception as exc:  # a dead kernel, a timeout: reported the same way, with the notebook kept
         failure = f"{type(exc).__name__}: {exc}"
-    paths = {"notebook": notebook}
-    if notebook.is_file():
-        try:
-            paths.update(export_notebook(notebook, output_dir, name=name))
-        except Exception as exc:
-            if failure is None:
-                raise ReportError(f"exporting {notebook} to HTML/Markdown failed: {type(exc).__name__}: {exc}") from exc
     if failure is not None:
-        raise ReportError(f"{template.name} failed: {failure}; the executed notebook with the error is {notebook}")
-    return paths
-
-
-def export_notebook(notebook: Union[str, Path], output_dir: Union[str, Path], *, name: str) -> dict[str, Path]:
-    """Export an executed notebook, code hidden, to `<name>.html` (images embedded) and `<name>.md` (images beside it).
-
-    Markdown images that link to files (relative to `output_dir`) are embedded in the HTML as
-    data URIs; inline outputs (matplotlib shown in the notebook) are PNGs in the HTML already and
-    files under `<name>_files/` for the Markdown.
-
-    Args:
-        notebook: the executed notebook.
-        output_dir: where the exports go; relative image links resolve against it.
-        name: the stem of the exported files.
-
-    Returns:
-        {"html": path, "markdown": path}.
-    """
-    import nbformat
-    from nbconvert import HTMLExporter, MarkdownExporter
-    from nbconvert.preprocessors import TagRemovePreprocessor
-
-    output_dir = Path(output_dir)
-    nb = nbformat.read(str(notebook), as_version=4)
-    resources = {"metadata": {"path": str(output_dir), "name": name}, "output_files_dir": f"{name}_files"}
-    exports = {}
-    for key, exporter, suffix in (
-        ("html", HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True,
-                              embed_images=True), ".html"),
-        ("markdown", MarkdownExporter(exclude_input=True), ".md"),
-    ):
-        exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={TEMPLATE_NOTE_TAG}), enabled=True)
-        body, written = exporter.from_notebook_node(copy.deepcopy(nb), resources=copy.deepcopy(resources))
-        for filename, data in (written.get("outputs") or {}).items():
-            target = output_dir / filename
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(target, data)
-        exports[key] = atomic_write_text(output_dir / f"{name}{suffix}", body)
-    return exports
+        kept = f"; the executed notebook with the error is {notebook}" if notebook.is_file() else ""
+        raise ReportError(f"{template.name} failed: {failure}{kept}")
+    return json.loads(notebook.read_text(encoding="utf-8"))
 
 
 def render_run_report(
@@ -135,6 +130,8 @@ def render_run_report(
     output_dir: Union[str, Path, None] = None,
     *,
     template: Union[str, Path, None] = None,
+    engine: str = "inprocess",
+    pdf: bool = False,
     kernel_name: str = "python3",
     timeout: int = 600,
 ) -> dict[str, Path]:
@@ -147,16 +144,17 @@ def render_run_report(
         run_dir: the run directory.
         output_dir: where the report goes; defaults to `<run_dir>/report/`.
         template: a template other than `report_templates/run_report.ipynb`.
-        kernel_name: the Jupyter kernel to execute it with.
-        timeout: seconds one cell may run.
+        engine: "inprocess" (default: the cells run in this process) or "papermill" (a fresh kernel).
+        pdf: also write report.pdf (needs Chromium).
+        kernel_name, timeout: the kernel and the seconds one cell may run (papermill engine only).
 
     Returns:
-        {"notebook", "html", "markdown", "telemetry", "curves"}: paths of what was written.
+        {"notebook", "html", "markdown", "telemetry", "curves"} (and "pdf"): paths of what was written.
 
     Raises:
         FactsError: `run_dir` is not a run directory.
-        ImportError: papermill or nbconvert is missing (use `write_run_report_markdown` instead).
-        ReportError: a template cell or the export failed; names the run directory and the error.
+        ImportError: engine "papermill" without papermill.
+        ReportError: a template cell, the page check or the PDF failed; names the run directory and the error.
         RunLockedError: the report goes into the run directory and another process writes it
             (its message names that process); fit's own `finish` holds the lock already.
     """
@@ -165,7 +163,8 @@ def render_run_report(
     parameters = {"run_dir": str(run_dir.resolve()), "output_dir": str(output_dir.resolve())}
     with _writer_lock(run_dir, output_dir):
         try:
-            paths = render_notebook(template or RUN_REPORT_TEMPLATE, output_dir, parameters, name=REPORT_STEM,
+            paths = render_template(template or RUN_REPORT_TEMPLATE, output_dir, parameters,
+                                    title=f"Run report: {run_dir.resolve().name}", engine=engine, pdf=pdf,
                                     kernel_name=kernel_name, timeout=timeout)
         except ReportError as exc:
             raise ReportError(f"run report for {run_dir}: {exc}") from exc
@@ -181,11 +180,11 @@ def write_run_report_markdown(
     *,
     template: Union[str, Path, None] = None,
 ) -> dict[str, Path]:
-    """Write report.md, telemetry.png and curves.png without Jupyter: the template's cells run in this process.
+    """Write report.md, telemetry.png and curves.png alone: no HTML page, no executed notebook.
 
-    The same cells papermill executes for report.html (`template_exec.run_template`), their
-    Markdown collected instead of displayed: the two reports share one layout. For machines
-    without papermill/nbconvert (the template is read as JSON, no nbformat needed).
+    The template's cells run in this process (`template_exec.run_template`) as for
+    `render_run_report`, so report.md is the same; for a machine without mistune, or when only
+    the Markdown is wanted.
 
     Args:
         run_dir: the run directory.
@@ -204,7 +203,8 @@ def write_run_report_markdown(
     run_dir = _check_run_dir(run_dir)
     output_dir = Path(output_dir) if output_dir is not None else run_dir / RUN_REPORT_DIR
     with _writer_lock(run_dir, output_dir):
-        run = run_template(template or RUN_REPORT_TEMPLATE, {"run_dir": str(run_dir), "output_dir": str(output_dir)})
+        run = run_template(template or RUN_REPORT_TEMPLATE,
+                           {"run_dir": str(run_dir.resolve()), "output_dir": str(output_dir.resolve())})
         output_dir.mkdir(parents=True, exist_ok=True)
         markdown = atomic_write_text(output_dir / REPORT_MARKDOWN, run.markdown)
     return {"markdown": markdown, **run.namespace.get("figures", {})}

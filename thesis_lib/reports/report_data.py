@@ -113,6 +113,8 @@ class RunReport:
     bad_lines: list = field(default_factory=list)  # facts.reader.BadLine: lines the readers skipped
     unreadable: dict = field(default_factory=dict)  # {file relative to run_dir: why it could not be read}
     figure_errors: dict = field(default_factory=dict)  # {"telemetry" / "curves": why the figure was not drawn}
+    # data_meta.json's `dataset` section (thesis_lib.data.describe): what the data was; {} when not recorded
+    dataset: dict = field(default_factory=dict)
 
     @property
     def trainable_pct(self) -> Optional[float]:

@@ -167,7 +167,8 @@ def _energy(telemetry: pd.DataFrame, devices: list[int], payload: Mapping, epoch
     return None, None
 
 
-def telemetry_summary(telemetry: pd.DataFrame, payload: Mapping, env: Mapping, device: Optional[str]) -> TelemetrySummary:
+def telemetry_summary(telemetry: pd.DataFrame, payload: Mapping, env: Mapping, device: Optional[str],
+                      telemetry_config: Optional[Mapping] = None) -> TelemetrySummary:
     """Sampler settings, devices and process readings; the reason when there is no GPU telemetry.
 
     Args:
@@ -175,9 +176,11 @@ def telemetry_summary(telemetry: pd.DataFrame, payload: Mapping, env: Mapping, d
         payload: `on_train_end.telemetry` ({} without one).
         env: env.json, whose GPU list names the devices of runs without a payload.
         device: the device the run trained on (`on_start.device`).
+        telemetry_config: the config's `telemetry` section (whether telemetry was switched off).
 
     Returns:
-        The TelemetrySummary; `warning` always says why when `has_gpu` is False.
+        The TelemetrySummary; `warning` always says why when `has_gpu` is False, worded to read
+        after "No GPU telemetry: " (older runs' "GPU telemetry off: ..." texts reworded so).
     """
     devices = gpu_indices(telemetry)
     summary = TelemetrySummary(
@@ -195,12 +198,32 @@ def telemetry_summary(telemetry: pd.DataFrame, payload: Mapping, env: Mapping, d
     summary.temp_peak_c = float(max(temps)) if temps else None
     summary.cpu_avg_pct = _max_or_none(telemetry, "cpu_pct", reduce="mean")
     summary.rss_peak_mb = _max_or_none(telemetry, "rss_mb")
-    if not summary.has_gpu and not summary.warning:
-        if telemetry.empty and not payload:
-            summary.warning = f"{TELEMETRY_FILE} is absent (telemetry was off, or the run predates the sampler)"
-        else:
-            summary.warning = f"the run used {device or 'no GPU'}; {TELEMETRY_FILE} has no GPU readings"
+    if not summary.has_gpu:
+        summary.warning = _no_gpu_reason(summary.warning, device, telemetry.empty and not payload, telemetry_config)
     return summary
+
+
+_OFF_PREFIX = "GPU telemetry off: "  # older samplers began every reason so; the report says "No GPU telemetry: " itself
+_OLD_NOT_REQUESTED = "no GPU backend was requested (backend=None)"  # older samplers, on every CPU run
+_NOT_GIVEN = "no GPU backend was given (backend=None)"  # the sampler's note on a CPU run of a machine with GPUs
+
+
+def _no_gpu_reason(warning: Optional[str], device: Optional[str], nothing_sampled: bool,
+                   telemetry_config: Optional[Mapping]) -> str:
+    """Why a run has no GPU readings, in words that follow "No GPU telemetry: "."""
+    on_cpu = str(device or "").split(":")[0] == "cpu"
+    if warning:
+        text = warning.removeprefix(_OFF_PREFIX)
+        if on_cpu and text == _OLD_NOT_REQUESTED:  # the trainer gave a CPU run's sampler no backend; nobody asked
+            return "the run trained on cpu, so no GPU was sampled"
+        if on_cpu and text.startswith(_NOT_GIVEN):
+            return "the run trained on cpu, so no GPU was sampled" + text[len(_NOT_GIVEN):]
+        return text
+    if (telemetry_config or {}).get("enabled") is False:
+        return "telemetry was switched off (telemetry.enabled: false)"
+    if nothing_sampled:
+        return f"{TELEMETRY_FILE} is absent (telemetry was off, or the run predates the sampler)"
+    return f"the run used {device or 'no GPU'}; {TELEMETRY_FILE} has no GPU readings"
 
 
 def _finite(table: pd.DataFrame, column: str) -> pd.Series:

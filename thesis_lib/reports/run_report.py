@@ -19,8 +19,8 @@ import pandas as pd
 
 from ..errors import FactsError
 from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
-from ..layout import (CONFIG_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG, STEPS_FILE,
-                      TELEMETRY_FILE)
+from ..layout import (CONFIG_FILE, DATA_META_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG,
+                      STEPS_FILE, TELEMETRY_FILE)
 from .findings import find
 from .report_data import ConfigSnapshot, RunReport
 from .run_metrics import key_metrics, telemetry_summary
@@ -40,7 +40,8 @@ def load_run_report(run_dir: str | Path) -> RunReport:
     from before steps.csv / telemetry.csv existed report without them. Only events.jsonl is
     required: a bad line in any facts file is skipped and listed (`bad_lines`), and an optional
     file that cannot be read (config.yaml, scalars.csv, steps.csv, telemetry.csv, env.json,
-    model_info.json, the log) is left out with the reason (`unreadable`), never failing the report.
+    model_info.json, data_meta.json, the log) is left out with the reason (`unreadable`), never
+    failing the report. `dataset` is data_meta.json's `dataset` section, {} for a run from before it.
 
     Args:
         run_dir: the run directory.
@@ -78,6 +79,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
                                 pd.DataFrame())
     model_info, env = _read_json(run_dir, MODEL_INFO_FILE, unreadable), _read_json(run_dir, ENV_FILE, unreadable)
     params = _mapping(model_info.get("parameters")) or _mapping(start.get("params"))
+    dataset = _dataset(run_dir, unreadable)
     test = _last(events, "on_test_end") or {}
     skipped = test.get("skipped")
     payload = _mapping((end or {}).get("telemetry"))
@@ -85,7 +87,8 @@ def load_run_report(run_dir: str | Path) -> RunReport:
     if duration is None:  # no end yet: the last thing the run wrote
         last_sample = telemetry_table["t"].max() if "t" in telemetry_table and len(telemetry_table) else 0.0
         duration = max([_number(e.get("t")) or 0.0 for e in events] + [float(last_sample)])
-    telemetry = telemetry_summary(telemetry_table, payload, env, start.get("device"))
+    telemetry = telemetry_summary(telemetry_table, payload, env, start.get("device"),
+                                  _mapping(config.get("telemetry")) if isinstance(config, dict) else {})
     if TELEMETRY_FILE in unreadable and not telemetry.has_gpu and not payload.get("warning"):
         telemetry.warning = f"{TELEMETRY_FILE} could not be read ({unreadable[TELEMETRY_FILE]})"
     completed = _number((end or {}).get("epochs_completed"))
@@ -121,6 +124,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         incidents=[e for e in events if e.get("moment") == "on_incident"],
         bad_lines=bad_lines,
         unreadable=unreadable,
+        dataset=dataset,
     )
     report.findings = find(report)
     return report
@@ -204,6 +208,15 @@ def _read_json(run_dir: Path, name: str, unreadable: dict) -> dict:
         unreadable[name] = f"it holds a JSON {type(data).__name__}, not an object"
         return {}
     return data
+
+
+def _dataset(run_dir: Path, unreadable: dict) -> dict:
+    """data_meta.json's `dataset` section (what the data was), or {} when the run did not record one."""
+    section = _read_json(run_dir, DATA_META_FILE, unreadable).get("dataset")
+    if section is None or isinstance(section, dict):
+        return section or {}
+    unreadable[DATA_META_FILE] = f"its dataset section holds a JSON {type(section).__name__}, not an object"
+    return {}
 
 
 def _read_text(path: Path) -> str:

@@ -3,6 +3,11 @@
 The sweep analyses draw with all of them; the run report's curves.png draws its per-epoch
 train/val lines with `plot_run_curves` too. Figures are `figure_io` figures (no pyplot) and are
 saved through its atomic `save_figure`.
+
+Log axes get `ReadableLogLocator` ticks with plain labels ("0.9", "1", "1.2"; "10", "100", "1,000"),
+as many as fit without touching: matplotlib's default labels minor ticks as "2×10^0" on a narrow
+range and crowds them into each other. `save_figure` applies this to every log axis it finds (an
+analysis may switch a scale to log after drawing) and thins any labels that still collide.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from matplotlib import colormaps
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from .. import figure_io
 
@@ -30,6 +36,10 @@ __all__ = [
     "plot_pareto",
     "plot_boxplot",
     "annotate_empty",
+    "ReadableLogLocator",
+    "set_log_scale",
+    "tidy_log_axes",
+    "overlapping_tick_labels",
 ]
 
 
@@ -50,7 +60,11 @@ def new_figure(style: FigureStyle, *, ncols: int = 1, width: float | None = None
 
 
 def save_figure(fig: Figure, figures_dir: str | Path, name: str, style: FigureStyle) -> Path:
-    """Write `figure-<name>.png` into `figures_dir` (created if missing, the file replaced atomically); returns its path."""
+    """Write `figure-<name>.png` into `figures_dir` (created if missing, the file replaced atomically); returns its path.
+
+    Every log axis gets readable ticks first (`tidy_log_axes`).
+    """
+    tidy_log_axes(fig, dpi=style.dpi)
     return figure_io.save_figure(fig, Path(figures_dir) / f"figure-{name}.png", dpi=style.dpi)
 
 
@@ -95,7 +109,7 @@ def plot_run_curves(
     finite = finite[np.isfinite(finite)]
     # A log axis only helps when the values span a decade; below that it just garbles the tick labels.
     if log_y and finite.size and finite.min() > 0 and finite.max() / finite.min() >= 10:
-        ax.set_yscale("log")
+        set_log_scale(ax.yaxis)
     if xlabel == "epoch":
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
@@ -176,8 +190,12 @@ def plot_pareto(
     ylabel: str,
     maximize_x: bool = False,
     legend_title: str | None = None,
+    log_x: bool = False,
+    log_y: bool = False,
 ) -> np.ndarray:
     """Scatter every point by category and highlight the Pareto front (ringed, joined by a step line).
+
+    `log_x` / `log_y` put that axis on a log scale with readable ticks (`set_log_scale`).
 
     Returns:
         The front mask (see `pareto_front`).
@@ -194,6 +212,10 @@ def plot_pareto(
                 linewidth=1, alpha=0.6, zorder=2)
         ax.scatter(xs[front], ys[front], s=130, facecolors="none", edgecolors="black", linewidths=1.3,
                    label="Pareto front", zorder=4)
+    if log_x:
+        set_log_scale(ax.xaxis)
+    if log_y:
+        set_log_scale(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -226,3 +248,202 @@ def annotate_empty(ax: Any, message: str) -> None:
 def _tick(value: Any) -> str:
     """Axis tick text: floats compact."""
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# -- log axes with readable ticks ---------------------------------------------------------------------
+
+_CHAR_EM = 0.65  # width of a tick-label character in ems (DejaVu Sans digits are 0.64)
+_GAP_EM = 1.0  # free space kept between two labels, in ems
+_MIN_LOG = 1e-300
+
+
+class ReadableLogLocator(LogLocator):
+    """Major ticks of a log axis whose plain labels fit the axis without touching.
+
+    Over less than a decade: round linear steps (0.9, 1, 1.1, 1.2). Over more: the densest of
+    1..9 x 10^k, 1-2-5 x 10^k, every decade, every 2nd, 3rd... decade whose labels fit, judged
+    from the axis's length in pixels, the label font and each label's text. At least two ticks
+    where the view holds two candidates. `max_ticks` caps the count (`tidy_log_axes` lowers it
+    when measured labels still collide).
+    """
+
+    def __init__(self, max_ticks: int = 12) -> None:
+        super().__init__(base=10.0, subs=(1.0,), numticks=max_ticks)
+        self.max_ticks = max_ticks
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        lo, hi = sorted((float(vmin), float(vmax)))
+        if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= 0:
+            return np.array([])
+        if lo <= 0:  # a view reaching zero or below (set by hand): show the top dozen decades
+            lo = max(hi * 1e-12, _MIN_LOG)
+        if hi <= lo:
+            return np.array([lo])
+        fits = self._fits(lo, hi)
+        candidates = self._candidates(lo, hi)
+        usable = [ticks for ticks in candidates if 2 <= len(ticks) <= self.max_ticks]
+        for ticks in usable:
+            if fits(ticks):
+                return ticks
+        if usable:  # nothing fits (a tiny axis): the sparsest with two ticks
+            return min(usable, key=len)
+        return min(candidates, key=len) if candidates else np.array([lo, hi])
+
+    def _candidates(self, lo: float, hi: float) -> list[np.ndarray]:
+        """Tick sets inside [lo, hi], densest first."""
+        def inside(ticks: np.ndarray) -> np.ndarray:
+            return ticks[(ticks >= lo * (1 - 1e-9)) & (ticks <= hi * (1 + 1e-9))]
+
+        if hi / lo < 10:  # under a decade the axis is nearly linear: round linear steps read best
+            sets = []
+            for nbins in range(9, 0, -1):
+                ticks = MaxNLocator(nbins=nbins, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi)
+                ticks = inside(ticks[ticks > 0])
+                if not sets or len(ticks) != len(sets[-1]):
+                    sets.append(ticks)
+            return sets
+        first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+        decades = 10.0 ** np.arange(first, last + 1)
+        sets = [inside(np.outer(decades, np.arange(1, 10)).ravel()), inside(np.outer(decades, [1, 2, 5]).ravel())]
+        for every in range(1, max(2, last - first + 1)):
+            exponents = np.arange(first, last + 1)
+            exponents = exponents[exponents % every == 0]
+            sets.append(inside(10.0 ** exponents))
+        return [ticks for ticks in sets if len(ticks)]
+
+    def _fits(self, lo: float, hi: float):
+        """A test whether a tick set's labels keep apart on this axis (always True without one to measure)."""
+        axis = self.axis
+        axes = getattr(axis, "axes", None)
+        if axes is None or axes.figure is None:
+            return lambda ticks: True
+        horizontal = axis.axis_name == "x"
+        length = axes.bbox.width if horizontal else axes.bbox.height
+        if not np.isfinite(length) or length <= 0:
+            return lambda ticks: True
+        font_px = _tick_font_points(axis) * axes.figure.dpi / 72.0
+        formatter = axis.get_major_formatter()
+        span = np.log10(hi) - np.log10(lo)
+
+        def fits(ticks: np.ndarray) -> bool:
+            positions = (np.log10(ticks) - np.log10(lo)) / span * length
+            if horizontal:
+                sizes = np.array([max(1, len(_label_text(formatter, t))) * _CHAR_EM * font_px for t in ticks])
+            else:
+                sizes = np.full(len(ticks), 1.2 * font_px)
+            needed = (sizes[1:] + sizes[:-1]) / 2 + _GAP_EM * font_px
+            return bool(np.all(np.diff(positions) >= needed))
+
+        return fits
+
+
+def _label_text(formatter: Any, value: float) -> str:
+    """A tick label's text as the axis would write it (plain text for anything else)."""
+    return plain_number(value) if not isinstance(formatter, FuncFormatter) else str(formatter(value, None))
+
+
+def _tick_font_points(axis: Axis) -> float:
+    """The size of an axis's major tick labels in points."""
+    return float(axis.get_major_ticks(1)[0].label1.get_fontsize())
+
+
+def plain_number(value: float, pos: Any = None) -> str:
+    """A tick label without scientific notation from 0.001 to 999,999 (0.05, 1, 1.2, 1,000); else 1e-5, 2.5e7."""
+    if value == 0 or not np.isfinite(value):
+        return "0" if value == 0 else str(value)
+    if 1e-3 <= abs(value) < 1e6:
+        return format(value, ",.6g")
+    mantissa, exponent = format(value, ".2e").split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def set_log_scale(axis: Axis) -> None:
+    """Put one axis (ax.xaxis / ax.yaxis) on a log scale with readable, non-overlapping tick labels.
+
+    Major ticks from `ReadableLogLocator` with plain labels; unlabelled minor ticks at 2..9 x 10^k
+    when the view spans a decade or more, none on a narrower one (they would sit between the
+    linear steps at odd places).
+    """
+    getattr(axis.axes, f"set_{axis.axis_name}scale")("log")
+    _readable_log_ticks(axis)
+
+
+def _readable_log_ticks(axis: Axis) -> None:
+    """Install the readable locator and formatters on an axis already on a log scale."""
+    axis.set_major_locator(ReadableLogLocator())
+    axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_locator(_MinorLogLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+class _MinorLogLocator(LogLocator):
+    """Unlabelled 2..9 x 10^k ticks over a decade or more; none over less."""
+
+    def __init__(self) -> None:
+        super().__init__(base=10.0, subs=np.arange(2, 10), numticks=100)
+
+    def tick_values(self, vmin: float, vmax: float) -> np.ndarray:
+        lo, hi = sorted((float(vmin), float(vmax)))
+        if lo <= 0 or hi / lo < 10 or np.log10(hi / lo) > 12:
+            return np.array([])
+        return super().tick_values(lo, hi)
+
+
+def overlapping_tick_labels(axis: Axis) -> list[tuple[str, str]]:
+    """Pairs of visible, non-empty major tick labels of `axis` whose drawn boxes overlap.
+
+    The figure must have been drawn (`fig.canvas.draw()`, `fig.draw_without_rendering()`) at the
+    resolution that matters.
+    """
+    lo, hi = sorted(axis.get_view_interval())
+    span = hi - lo
+    boxes = []
+    for loc, label in zip(axis.get_majorticklocs(), axis.get_ticklabels()):
+        if not label.get_visible() or not label.get_text().strip():
+            continue
+        if not lo - 1e-9 * abs(span) <= loc <= hi + 1e-9 * abs(span):
+            continue
+        boxes.append((label.get_text(), label.get_window_extent()))
+    pairs = []
+    for i, (text_a, box_a) in enumerate(boxes):
+        for text_b, box_b in boxes[i + 1:]:
+            if box_a.overlaps(box_b):
+                pairs.append((text_a, text_b))
+    return pairs
+
+
+def tidy_log_axes(fig: Figure, dpi: float | None = None) -> None:
+    """Give every log axis of `fig` readable ticks, then thin or tilt the labels of any that still overlap.
+
+    A log axis that does not have them yet (e.g. `ax.set_xscale("log")` after `plot_pareto`) gets
+    `ReadableLogLocator` ticks with plain labels. Then the figure is laid out at `dpi` (the
+    resolution it will be saved at; nothing is written) and each axis's measured label boxes are
+    checked: overlapping ones lose ticks (x labels are tilted once two are all that is left).
+    Linear axes are left alone.
+    """
+    axes = [axis for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) if axis.get_scale() == "log"]
+    if not axes:
+        return
+    for axis in axes:
+        if not isinstance(axis.get_major_locator(), ReadableLogLocator):
+            _readable_log_ticks(axis)
+    original_dpi = fig.dpi
+    if dpi is not None:
+        fig.set_dpi(dpi)
+    try:
+        for _ in range(12):
+            fig.draw_without_rendering()  # lays out and measures at fig.dpi, on any canvas, writing nothing
+            crowded = [axis for axis in axes if overlapping_tick_labels(axis)]
+            if not crowded:
+                return
+            for axis in crowded:
+                locator = axis.get_major_locator()
+                shown = len(axis.get_majorticklocs())
+                if locator.max_ticks > 2 and shown > 2:
+                    locator.max_ticks = min(locator.max_ticks, shown) - 1
+                elif axis.axis_name == "x":
+                    axis.set_tick_params(labelrotation=30)
+                    for label in axis.get_ticklabels():
+                        label.set_horizontalalignment("right")
+    finally:
+        fig.set_dpi(original_dpi)

@@ -37,13 +37,13 @@ from ..version import __version__
 from ..errors import ConfigError, FactsError, ReportError, RunLockedError
 from ..facts import discover_runs, load_runs
 from ..atomic_files import append_open, atomic_write_text
-from ..layout import (SWEEP_REPORT_NOTEBOOK, FIGURES_DIR, INFERENCE_DIR, MANIFEST_FILE, REPORT_BACKLINKS, REPORT_STEM, REPORTS_DIR, RUNS_DIR,
+from ..layout import (SWEEP_REPORT_NOTEBOOK, FIGURES_DIR, INFERENCE_DIR, MANIFEST_FILE, REPORT_BACKLINKS, REPORTS_DIR, RUNS_DIR,
                       SUMMARY_CSV, SUMMARY_JSON, SWEEP_FILE, SWEEPS_DIR, TRAINING_DIR, sanitize_run_name)
 from ..record.writer import to_plain
 from ..run_lock import hold_run_lock
 from .analyses import (AnalysisContext, AnalysisOutput, check_which_figures, energy_per_run, filter_tasks, get_analysis,
                        select_runs)
-from .render import render_notebook
+from .render import render_template
 
 __all__ = ["SweepReport", "build_sweep_report", "render_sweep_report", "resolve_report_dir",
            "DEFAULT_INFERENCE", "SWEEP_REPORT_TEMPLATE"]
@@ -161,25 +161,29 @@ def render_sweep_report(
     inference: Optional[Mapping[str, Any]] = None,
     output_dir: str | Path | None = None,
     name: Optional[str] = None,
+    engine: str = "inprocess",
+    pdf: bool = False,
     kernel_name: str = "python3",
 ) -> dict[str, Path]:
     """Execute report_templates/sweep_report.ipynb into the report directory: the layout plus report.html/.md.
 
-    The notebook calls `build_sweep_report` with these arguments, so the report directory holds
+    The template calls `build_sweep_report` with these arguments, so the report directory holds
     both the layout and the executed notebook (`sweep_report.ipynb`, `report.html` with images
-    embedded, `report.md`). Arguments are checked here first, so a bad one fails before a kernel starts.
+    embedded, `report.md`). Arguments are checked here first, so a bad one fails before any cell runs.
 
     Args:
         sweep_dir, run_dirs, analysis, select, thresholds, which_figures, inference, output_dir,
         name: as for `build_sweep_report`.
-        kernel_name: the Jupyter kernel that executes the template.
+        engine: "inprocess" (default: the cells run in this process) or "papermill" (a fresh kernel).
+        pdf: also write report.pdf (needs Chromium).
+        kernel_name: the Jupyter kernel that executes the template (papermill engine only).
 
     Returns:
-        {"report_dir", "manifest", "notebook", "html", "markdown"}: paths written.
+        {"report_dir", "manifest", "notebook", "html", "markdown"} (and "pdf"): paths written.
 
     Raises:
         The errors of `build_sweep_report` for bad arguments; ReportError when a template cell
-        fails (the executed notebook with the error is kept in the report directory).
+        fails (naming the cell), or the page check or the PDF fails.
     """
     get_analysis(analysis)
     figures = check_which_figures(analysis, which_figures)
@@ -195,7 +199,8 @@ def render_sweep_report(
                   "inference": _inference_options(inference), "output_dir": str(report_dir.resolve()),
                   "name": name or analysis}
     parameters = to_plain(parameters, where="parameters", nonfinite_to_none=False)
-    paths = render_notebook(SWEEP_REPORT_TEMPLATE, report_dir, parameters, name=REPORT_STEM, kernel_name=kernel_name)
+    paths = render_template(SWEEP_REPORT_TEMPLATE, report_dir, parameters, title=f"Sweep report: {analysis}",
+                            engine=engine, pdf=pdf, kernel_name=kernel_name)
     return {"report_dir": report_dir, "manifest": report_dir / MANIFEST_FILE, **paths}
 
 

@@ -1,4 +1,4 @@
-"""telemetry.png (the seed's six panels on one time axis) and curves.png (loss and metrics per epoch).
+"""telemetry.png (six panels on one time axis; loss, LR, process CPU % and RSS on a CPU run) and curves.png.
 
 Figures are built with `matplotlib.figure.Figure` and its Agg canvas directly, not pyplot: no
 global figure registry to leak into, no display backend needed, so this runs in a training
@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..figure_io import new_figure, save_figure
 from ..layout import CURVES_FIGURE, TELEMETRY_FIGURE, TELEMETRY_FILE
@@ -26,31 +27,44 @@ from .sweep_plots import plot_run_curves
 __all__ = ["telemetry_figure", "curves_figure", "plot_telemetry", "plot_curves", "write_report_figures"]
 
 TELEMETRY_PANELS = ("Training loss", "Learning rate", "VRAM (MB)", "GPU utilisation (%)", "Power (W)", "Temperature (°C)")
+# Without GPU readings: the process's own readings take the GPU panels' place.
+PROCESS_PANELS = ("Training loss", "Learning rate", "Process CPU (%, 100 = one core)", "Process memory, RSS (MB)")
 _RAW, _SMOOTH, _VAL, _TORCH = "0.55", "tab:orange", "tab:blue", "tab:red"
+_CPU, _RSS = "tab:green", "tab:purple"
 _SPLIT_COLORS = {"train": _SMOOTH, "val": _VAL}
 _DPI = 110
 
 
 def telemetry_figure(report: RunReport) -> Figure:
-    """The six telemetry panels on a shared time axis, epoch ends marked by dotted lines.
+    """Telemetry panels on a shared time axis, epoch ends marked by dotted lines.
 
-    Loss (raw sync-point values in gray, an exponential moving average in orange, val loss per
-    epoch as dots), learning rate, VRAM (NVML per GPU, torch's per-epoch peak as steps), GPU
-    utilisation, power (rolling mean with the rolling min/max shaded) and temperature. Without
-    GPU readings the four GPU panels say "no GPU telemetry" and why, instead of empty axes.
+    With GPU readings, six panels: loss (raw sync-point values in gray, an exponential moving
+    average in orange, val loss per epoch as dots), learning rate, VRAM (NVML per GPU, torch's
+    per-epoch peak as steps), GPU utilisation, power (rolling mean with the rolling min/max
+    shaded) and temperature. Without them (a CPU run), loss and learning rate above the
+    process's CPU % and resident memory (facts/telemetry.csv's cpu_pct and rss_mb), with why there
+    is no GPU telemetry written under the panels; a run without those columns either has the two
+    top panels only.
 
     Args:
         report: the run's RunReport.
 
     Returns:
-        The figure (3 x 2 axes).
+        The figure (3 x 2 axes with GPUs, 2 x 2 or 1 x 2 without).
     """
-    fig = new_figure(14, 10)
-    axes = fig.subplots(3, 2, sharex=True).ravel()
+    devices = report.gpu_devices()
     scale, unit = _time_scale(report)
+    if devices:
+        fig = new_figure(14, 10)
+        axes = fig.subplots(3, 2, sharex=True).ravel()
+        titles = TELEMETRY_PANELS
+    else:
+        process = [name for name in ("cpu_pct", "rss_mb") if _process_column(report, name) is not None]
+        fig = new_figure(14, 7 if process else 4)
+        axes = fig.subplots(2 if process else 1, 2, sharex=True, squeeze=False).ravel()
+        titles = PROCESS_PANELS
     _loss_panel(axes[0], report, scale)
     _lr_panel(axes[1], report, scale)
-    devices = report.gpu_devices()
     if devices:
         _gpu_lines(axes[2], report, devices, "mem_used_mb", scale)
         _torch_peaks(axes[2], report, scale)
@@ -59,16 +73,18 @@ def telemetry_figure(report: RunReport) -> Figure:
         _power_panel(axes[4], report, devices, scale)
         _gpu_lines(axes[5], report, devices, "temp_c", scale)
     else:
-        reason = report.telemetry.warning or f"{TELEMETRY_FILE} has no GPU readings"
-        for ax in axes[2:]:
-            _no_data(ax, "no GPU telemetry\n" + textwrap.fill(reason, 60))
-    for ax, title in zip(axes, TELEMETRY_PANELS):
+        if len(axes) > 2:
+            _process_panel(axes[2], report, "cpu_pct", scale, _CPU, smooth=True)
+            _process_panel(axes[3], report, "rss_mb", scale, _RSS, smooth=False)
+        reason = (report.telemetry.warning or f"{TELEMETRY_FILE} has no GPU readings").rstrip(".")
+        fig.supxlabel(textwrap.fill(f"No GPU telemetry: {reason}.", 150), fontsize=9, color="0.35")
+    for ax, title in zip(axes, titles):
         ax.set_title(title, loc="left", fontsize=11)
         if ax.has_data():
             _epoch_marks(ax, report, scale)
             ax.grid(alpha=0.3)
-    # Shared x: only the bottom row shows tick labels, so without GPU panels the top row gets them.
-    for ax in axes[4:] if devices else axes[:2]:
+    # Shared x: only the bottom row shows tick labels (a panel without data hid its own).
+    for ax in axes[-2:]:
         ax.set_xlabel(f"time since start ({unit})")
         ax.tick_params(labelbottom=True)
     names = ", ".join(str(d.get("name")) for d in report.telemetry.devices if d.get("name")) or report.device or ""
@@ -101,6 +117,11 @@ def curves_figure(report: RunReport) -> Figure:
         plot_run_curves(ax, _split_curves(epochs, metric), _SPLIT_COLORS, xlabel="epoch", legend=False)
         ax.set_title(metric.removeprefix("metric_"), loc="left", fontsize=11)
         ax.legend(fontsize=8)
+    for ax in axes:
+        # Epochs are whole numbers: no "0.015" ticks on a short run, and a single epoch sits mid-axis.
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:
+            ax.set_xlim(epochs.index[0] - 1, epochs.index[0] + 1)
     return fig
 
 
@@ -227,6 +248,34 @@ def _power_panel(ax: Axes, report: RunReport, devices: list[int], scale: float) 
         ax.fill_between(x, rolling.min(), rolling.max(), color=line.get_color(), alpha=0.25, lw=0)
     if ax.has_data():
         ax.legend(fontsize=8)
+
+
+def _process_column(report: RunReport, name: str) -> pd.Series | None:
+    """telemetry.csv's numeric column `name` (cpu_pct, rss_mb), or None when absent or empty."""
+    table = report.telemetry_table
+    if name not in table.columns or "t" not in table.columns:
+        return None
+    values = pd.to_numeric(table[name], errors="coerce")
+    return values if values.notna().any() else None
+
+
+def _process_panel(ax: Axes, report: RunReport, name: str, scale: float, color: str, *, smooth: bool) -> None:
+    """The training process's own reading `name` over time; CPU % also as a rolling mean (it jumps sample to sample)."""
+    values = _process_column(report, name)
+    if values is None:
+        _no_data(ax, f"no {name} samples in {TELEMETRY_FILE}")
+        return
+    x = report.telemetry_table["t"].astype(float) / scale
+    if smooth and len(values) >= 5:
+        window = max(3, len(values) // 100)
+        ax.plot(x, values, color=_RAW, lw=0.8, label="per sample")
+        ax.plot(x, values.rolling(window, center=True, min_periods=1).mean(), color=color, lw=1.8,
+                label=f"mean of {window} samples")
+        ax.legend(fontsize=8)
+    else:
+        ax.plot(x, values, color=color, lw=1.5, marker="." if len(values) < 30 else None)
+    # From zero, so a level reads as the share it is, with room above the highest sample for the line.
+    ax.set_ylim(0, max(float(values.max()) * 1.1, 1.0))
 
 
 def _epoch_marks(ax: Axes, report: RunReport, scale: float) -> None:

@@ -21,7 +21,15 @@ __all__ = [
     "READING_KEYS",
     "nvml_indices_for_torch_devices",
     "visible_nvml_indices",
+    "nvml_error_text",
+    "no_visible_gpu_text",
+    "why_no_nvidia_gpu",
+    "PYNVML_MISSING",
 ]
+
+# Why there is no GPU telemetry, worded to read after the run report's "No GPU telemetry: ".
+PYNVML_MISSING = "pynvml is not installed, so NVIDIA GPUs cannot be read (pip install nvidia-ml-py)"
+NO_NVIDIA_GPU = "no NVIDIA GPU visible"
 
 # The keys of `read(i)`, besides "power_field" and "memory_info" (which reading the backend used).
 READING_KEYS = ("util", "mem_used_mb", "mem_total_mb", "power_w", "temp_c", "sm_clock_mhz")
@@ -349,3 +357,62 @@ def visible_nvml_indices(backend: Any, count: int, cuda_visible_devices: str | N
         if index not in indices:
             indices.append(index)
     return indices
+
+
+def nvml_error_text(exc: BaseException) -> str:
+    """A failed NVML call in words: pynvml's own text ("NVML Shared Library Not Found"), else "Type: text"."""
+    text = " ".join(str(exc).split())
+    if type(exc).__name__.startswith("NVMLError") and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def no_visible_gpu_text(label: str, count: int, cuda_visible_devices: str | None) -> str:
+    """Why a backend that started shows this process no GPU: it sees none, or CUDA_VISIBLE_DEVICES names none of them.
+
+    Args:
+        label: how messages name the backend ("NVML", "the scripted backend").
+        count: devices the backend sees.
+        cuda_visible_devices: the variable's value (None: unset).
+    """
+    head = NO_NVIDIA_GPU if label == "NVML" else "no GPU visible to this process"
+    if count == 0:
+        return f"{head}: {label} sees no device"
+    return f"{head}: CUDA_VISIBLE_DEVICES={cuda_visible_devices!r} names none of the {count} device(s) {label} sees"
+
+
+def why_no_nvidia_gpu(backend: Any = "auto") -> tuple[str | None, int]:
+    """Ask NVML once (init, count, shutdown) whether this process can see an NVIDIA GPU, and if not, why.
+
+    For a sampler given no backend, so that its note says why there is no GPU telemetry instead of
+    only that none was asked for. Cheap: a failing nvmlInit returns at once.
+
+    Args:
+        backend: "auto" (NvmlBackend) or a GpuBackend object.
+
+    Returns:
+        (reason, visible): reason is None when at least one GPU is visible, else e.g.
+        "no NVIDIA GPU visible: NVML Shared Library Not Found"; visible counts the GPUs
+        CUDA_VISIBLE_DEVICES shows of those NVML sees. Never raises.
+    """
+    gpu = NvmlBackend() if backend == "auto" else backend
+    label = "NVML" if getattr(gpu, "name", None) == "nvml" else f"the {getattr(gpu, 'name', type(gpu).__name__)} backend"
+    try:
+        gpu.init()
+    except ImportError:
+        return PYNVML_MISSING, 0
+    except Exception as exc:
+        head = NO_NVIDIA_GPU if label == "NVML" else f"{label} could not start"
+        return f"{head}: {nvml_error_text(exc)}", 0
+    try:
+        count = int(gpu.device_count())
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        indices = visible_nvml_indices(gpu, count, visible) if count else []
+        return (None if indices else no_visible_gpu_text(label, count, visible)), len(indices)
+    except Exception as exc:
+        return f"{label} could not count the GPUs: {nvml_error_text(exc)}", 0
+    finally:
+        try:
+            gpu.shutdown()
+        except Exception:
+            pass

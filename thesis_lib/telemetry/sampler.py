@@ -12,7 +12,8 @@ return empty aggregates and write nothing. Nothing in a worker ever initialises 
 
 Failure is soft: no pynvml, no GPU, a failing nvmlInit, or an NVML error mid-run leaves the GPU
 columns empty (from then on), the CPU columns keep coming, and one TelemetryWarning says why
-(`info()["warning"]` holds the text). No exception leaves the thread.
+(`info()["warning"]` holds the text, worded to read after "No GPU telemetry: ", e.g. "no NVIDIA GPU
+visible: NVML Shared Library Not Found"). No exception leaves the thread.
 
 Energy: with the counter, each row's cumulative energy is interpolated linearly between the
 counter reads around it, so rows reach the file within `energy_interval_s` of being sampled (a
@@ -31,7 +32,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .backends import NvmlBackend, visible_nvml_indices
+from .backends import (
+    PYNVML_MISSING,
+    NvmlBackend,
+    no_visible_gpu_text,
+    nvml_error_text,
+    visible_nvml_indices,
+    why_no_nvidia_gpu,
+)
 from .process import ProcessStats
 from .records import EnergyMeter, TelemetryCsv, Window, latest_reading
 
@@ -58,8 +66,10 @@ class TelemetrySampler:
         devices: NVML device indices to read; None reads every device CUDA_VISIBLE_DEVICES shows
             (GPU-UUID or integer entries), all of them when it is unset. Use
             `nvml_indices_for_torch_devices` to turn torch indices into NVML ones.
-        backend: "auto" (NVML where pynvml imports and nvmlInit works), None (no GPU telemetry),
-            or a GpuBackend object such as ScriptedBackend.
+        backend: "auto" (NVML where pynvml imports and nvmlInit works), None (no GPU telemetry:
+            what a CPU run's trainer passes; NVML is asked once, at start, whether a GPU is
+            visible, only so that `info()["warning"]` can say why there is none), or a GpuBackend
+            object such as ScriptedBackend.
         start_time: time.time() of the run's start; the csv's `t` counts from it (default: start()).
         energy_interval_s: seconds between reads of the energy counter (~4 ms each on an H100).
 
@@ -250,16 +260,20 @@ class TelemetrySampler:
         """Start NVML (in this thread), resolve the devices, read the counters' origin, open the csv."""
         self._process.start()
         if self._backend is None:
-            self._note("GPU telemetry off: no GPU backend was requested (backend=None)")
+            self._note(_why_no_backend())
         else:
             try:
                 self._start_gpu()
             except ImportError:
-                self._warn("GPU telemetry off: pynvml is not installed (pip install nvidia-ml-py)")
+                self._warn(PYNVML_MISSING)
             except LookupError as exc:
-                self._warn(f"GPU telemetry off: {exc}")
+                self._warn(str(exc))
+            except _InitError as exc:
+                cause = exc.__cause__
+                self._warn(f"no NVIDIA GPU visible: {nvml_error_text(cause)}" if self._backend_label() == "NVML"
+                           else f"{self._backend_label()} could not start ({type(cause).__name__}: {cause})")
             except Exception as exc:
-                self._warn(f"GPU telemetry off: {self._backend_label()} could not start ({type(exc).__name__}: {exc})")
+                self._warn(f"{self._backend_label()} could not start ({type(exc).__name__}: {exc})")
         try:
             csv = TelemetryCsv(self.csv_path, [d["index"] for d in self._devices])
         except OSError as exc:
@@ -271,7 +285,12 @@ class TelemetrySampler:
     def _start_gpu(self) -> None:
         """Initialise the backend, check the requested devices exist, record names and the energy method."""
         backend = self._backend
-        backend.init()
+        try:
+            backend.init()
+        except ImportError:
+            raise
+        except Exception as exc:  # NVML cannot start here (no driver, no library): its reason is the message
+            raise _InitError() from exc
         self._backend_pid = os.getpid()
         try:
             count = backend.device_count()
@@ -282,8 +301,7 @@ class TelemetrySampler:
             if missing:
                 raise LookupError(f"device index {missing} not found: {self._backend_label()} sees {count} device(s)")
             if not indices:
-                raise LookupError(f"no GPU visible to this process ({self._backend_label()} sees {count} device(s), "
-                                  f"CUDA_VISIBLE_DEVICES={visible!r})")
+                raise LookupError(no_visible_gpu_text(self._backend_label(), count, visible))
             devices = [{"index": i, **backend.device(i)} for i in indices]
             before = time.time()
             counters = [backend.energy_mj(i) for i in indices]
@@ -401,6 +419,21 @@ class TelemetrySampler:
         if not self._warned:
             self._warned = True
             warnings.warn(text, TelemetryWarning, stacklevel=2)
+
+
+class _InitError(Exception):
+    """The backend's init() failed; the failure is the __cause__."""
+
+
+def _why_no_backend() -> str:
+    """The note of a sampler given no backend: why no GPU is visible, or that there is one nobody asked to sample.
+
+    The trainer gives no backend for a CPU run; NVML's answer says whether that was for want of a GPU.
+    """
+    reason, visible = why_no_nvidia_gpu()
+    if reason is not None:
+        return reason
+    return f"no GPU backend was given (backend=None), although NVML sees {visible} GPU(s)"
 
 
 def _shutdown_quietly(backend: Any) -> None:

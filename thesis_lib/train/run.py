@@ -1,10 +1,10 @@
 """One training run's lifecycle: built from a config, run epoch by epoch, finished into a complete run directory.
 
 `TrainingRun.setup` builds data, model and optimiser (no file written, so bad input leaves
-nothing behind); `execute` writes config, env and the start event, runs the epochs (the step is
-`train_epoch` in epoch.py; what the run does at its sync points, the listeners of its one
-`SyncPoints` hook, in sync_points.py), and `_finish` leaves model.pt, the end and test events,
-model_info.json and training_history.json. Then the caller's `finish(run_dir)`, if any (the run
+nothing behind); `execute` writes config, env, the start event and data_meta.json, runs the
+epochs (the step is `train_epoch` in epoch.py; what the run does at its sync points, the
+listeners of its one `SyncPoints` hook, in sync_points.py), and `_finish` leaves model.pt, the
+end and test events, model_info.json and training_history.json. Then the caller's `finish(run_dir)`, if any (the run
 report), and the one summary line. `fit()` (loop.py) decides the run directory, the process's
 place under torchrun and where printed output goes.
 """
@@ -29,6 +29,7 @@ import torch
 
 from ..config import Config
 from ..data import make_loaders
+from ..data.describe import describe_dataset
 from ..errors import CheckpointError, NonFiniteLossError, ReportError, describe_error
 from ..devices import resolve_device
 from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, EVENTS_FILE, HISTORY_FILE, LAST_CHECKPOINT, MODEL_FILE,
@@ -173,8 +174,7 @@ class TrainingRun:
             config_dict = cfg.to_dict()
             writer.write_config(config_dict)
             writer.write_env({**collect_env(), "world_size": ddp.world_size})
-            if ddp.is_main:
-                atomic_write_text(run_dir / DATA_META_FILE, json.dumps(self.meta.to_dict(), indent=2))
+            data_file = describe_data_file(cfg.data.path)
             writer.event(
                 "on_start",
                 config_hash=config_hash(config_dict),
@@ -187,8 +187,10 @@ class TrainingRun:
                 data_mode=self.loaders["train"].mode,
                 split_sizes=self.meta.split_sizes,
                 world_size=ddp.world_size,
-                data_file=describe_data_file(cfg.data.path),
+                data_file=data_file,
             )
+            if ddp.is_main:  # before the first epoch: a run that crashes has it too
+                self._write_data_meta(writer, data_file)
             self._print_header()
             if self.dashboard is not None:
                 self.dashboard.on_start(self._dashboard_info())
@@ -571,6 +573,23 @@ class TrainingRun:
         except Exception as exc:  # noqa: BLE001 - model.pt and on_train_end are written; nothing here may undo them
             text = describe_error(exc)
             self._incident(writer, part, text, path=getattr(exc, "filename", None) or path, error_type=type(exc).__name__)
+
+    def _write_data_meta(self, writer: RunWriter, data_file: Optional[dict]) -> None:
+        """data_meta.json: the DataMeta that rebuilds the model, and `dataset`, what the data was (the
+        report's dataset section). Measuring the data or writing the file may fail as an on_incident,
+        never ending the run (without the file, inference and export say it is missing)."""
+        path = self.run_dir / DATA_META_FILE
+        content = self.meta.to_dict()
+        try:
+            content["dataset"] = describe_dataset(self.cfg.data, self.loaders, self.meta, file_identity=data_file,
+                                                  world_size=self.ddp.world_size)
+        except Exception as exc:  # noqa: BLE001 - the description is a report's, the run's numbers do not need it
+            self._incident(writer, "data_meta", f"the dataset was not described: {describe_error(exc)}",
+                           path=path, error_type=type(exc).__name__)
+        try:
+            atomic_write_text(path, json.dumps(content, indent=2) + "\n", inside=self.run_dir)
+        except Exception as exc:  # noqa: BLE001 - as _optional, but naming the file rather than its temporary
+            self._incident(writer, "data_meta", describe_error(exc), path=path, error_type=type(exc).__name__)
 
     def _figure_monitor(self) -> Optional[FigureMonitor]:
         """Training-time figures (logging.figures) probing the first validation rows; None when off."""
