@@ -92,10 +92,14 @@ def main() -> None:
         print(f"   report off: median {statistics.median(off):.2f} s  {_list(off)}")
         print(f"   the report adds {statistics.median(on) - statistics.median(off):.2f} s  (target <= 1.5 s)")
 
+        sweeps = iter(range(10_000))
+
         def a_sweep(report: bool):
+            # A fresh sweep directory each time: re-running a sweep would skip its completed points.
             base = small_config(root, data, "s", epochs=1, report=report)
             return lambda: sweep(base=base, grid={"model.latent_dim": [4, 8], "model.bottleneck": ["identity", "linear"]},
-                                 name=f"report_{'on' if report else 'off'}", sweep_dir=None)
+                                 name=f"report_{'on' if report else 'off'}",
+                                 sweep_dir=root / "multiruns" / f"exp_{next(sweeps)}")
 
         sweep_on, sweep_off = interleaved(a_sweep(True), a_sweep(False), args.repeats)
         share = (statistics.median(sweep_on) - statistics.median(sweep_off)) / statistics.median(sweep_on)

@@ -75,8 +75,32 @@ def save_figure(fig: Figure, path: Union[str, Path], dpi: int = DPI, *, inside: 
         check_inside(inside, path)  # before the folder is created: a dangling link is named too
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, inside=inside) as handle:
-        fig.savefig(handle, format="png", dpi=dpi, **savefig_kwargs)
+        if savefig_kwargs:
+            fig.savefig(handle, format="png", dpi=dpi, **savefig_kwargs)
+        else:
+            _write_png(fig, handle, dpi)
     return path
+
+
+def _write_png(fig: Figure, handle: Any, dpi: int) -> None:
+    """The figure drawn once on its Agg canvas and written as a PNG by Pillow.
+
+    `Figure.savefig` draws a figure with a layout engine twice (once to lay it out, once to
+    render); one draw lays out and renders alike, which halves the cost of the run report's
+    figures (about 0.3 s each on 2 cores).
+    """
+    from PIL import Image  # matplotlib's own PNG writer is Pillow
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    original_dpi = fig.dpi
+    fig.dpi = dpi
+    try:
+        canvas.draw()
+        width, height = canvas.get_width_height(physical=True)
+        image = Image.frombuffer("RGBA", (width, height), canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        image.save(handle, format="png", dpi=(dpi, dpi))
+    finally:
+        fig.dpi = original_dpi
 
 
 def _run_dir_of(path: Path) -> Optional[Path]:

@@ -2,8 +2,9 @@
 
 `load_run_report(run_dir)` gathers the facts into a `RunReport` (numbers, tables and findings as
 data); `report_templates/run_report.ipynb` lays them out as the report. `render_run_report(run_dir)`
-executes that template with papermill and exports it with nbconvert; `write_run_report_markdown`
-runs the same cells in this process and writes report.md, for machines without papermill/nbconvert.
+executes that template in this process (or, `engine="papermill"`, in a fresh kernel) and writes
+report.md and report.html (`report_page`: one inert offline page, checked by `check_inert`), and
+report.pdf with `pdf=True` (`write_pdf`, Chromium); `write_run_report_markdown` writes report.md alone.
 Sweeps: `build_sweep_report` (analyses registered in `reports.analyses`, optional inference with
 AUROC) writes the report layout; `render_sweep_report` also executes `report_templates/sweep_report.ipynb`.
 Every value a run provides reaches a report through `escape_markdown`.
@@ -11,8 +12,10 @@ Every value a run provides reaches a report through `escape_markdown`.
 
 from ..facts.run_model import load_run_model
 from .findings import Finding
+from .html_page import check_inert, report_page
 from .inference import InferenceResult, run_inference
 from .markdown import escape_markdown
+from .pdf import write_pdf
 from .render import render_run_report, write_run_report_markdown
 from .report_data import RunReport
 from .run_report import load_run_report
@@ -31,6 +34,9 @@ __all__ = [
     "plot_telemetry",
     "plot_curves",
     "escape_markdown",
+    "report_page",
+    "check_inert",
+    "write_pdf",
     "build_sweep_report",
     "render_sweep_report",
     "SweepReport",

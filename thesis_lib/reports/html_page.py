@@ -56,7 +56,8 @@ main { max-width: 1100px; margin: 0 auto; padding: 24px 32px 48px; }
 h1 { font-size: 1.7em; margin: 0.2em 0 0.4em; border-bottom: 2px solid #ddd; padding-bottom: 0.2em; }
 h2 { font-size: 1.3em; margin: 1.6em 0 0.5em; border-bottom: 1px solid #e5e5e5; padding-bottom: 0.15em; }
 h3 { font-size: 1.1em; margin: 1.2em 0 0.4em; }
-table { border-collapse: collapse; margin: 0.6em 0 1em; font-variant-numeric: tabular-nums; }
+table { border-collapse: collapse; margin: 0.6em 0 1em; font-variant-numeric: tabular-nums;
+        display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #d5d5d5; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 td.num { text-align: right; white-space: nowrap; }

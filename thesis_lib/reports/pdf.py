@@ -87,7 +87,7 @@ PRINT_CSS = """
   details::details-content { content-visibility: visible; display: block; }
   summary { list-style: none; }
   pre { white-space: pre-wrap; overflow-wrap: anywhere; overflow: visible; }
-  table { max-width: 100%; font-size: 0.85em; }
+  table { display: table; overflow: visible; max-width: 100%; font-size: 0.85em; }  /* the screen scrolls a wide table; paper cannot */
   th, td { padding: 2px 6px; overflow-wrap: anywhere; }
   td.num { white-space: normal; }
   h1, h2, h3 { break-after: avoid; }

@@ -196,7 +196,9 @@ def _lr_panel(ax: Axes, report: RunReport, scale: float) -> None:
     """The learning rate each sync point (or epoch) ran with, as steps."""
     steps, epochs = report.steps_table, report.epochs
     if not steps.empty and "lr" in steps and steps["lr"].notna().any():
-        ax.plot(steps["t"] / scale, steps["lr"], drawstyle="steps-post", color=_VAL)
+        # One sync point draws no line: its marker shows the value.
+        ax.plot(steps["t"] / scale, steps["lr"], drawstyle="steps-post", color=_VAL,
+                marker="." if steps["lr"].notna().sum() == 1 else None)
     elif {"lr", "t"} <= set(epochs.columns) and epochs["lr"].notna().any():
         start = epochs["t"] - epochs.get("epoch_time_s", pd.Series(0.0, index=epochs.index)).fillna(0.0)
         x = np.column_stack([start, epochs["t"]]).ravel() / scale

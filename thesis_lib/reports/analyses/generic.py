@@ -135,17 +135,22 @@ def grid_point_labels(runs: pd.DataFrame, grid: Sequence[str]) -> pd.Series:
 
 def _plot_seed_aggregation(ctx, out, runs, aggregated, grid, points, colors) -> None:
     """Mean ± std of the best validation loss per grid point, every seed's value drawn beside it."""
-    fig, (ax,) = new_figure(ctx.style, width=max(ctx.style.width, 0.6 * len(aggregated) + 3))
     labels = grid_point_labels(aggregated, grid) if grid else pd.Series(["all runs"])
+    # One grid setting per line under its point: a long 'a=1, b=2, c=3' label tilted across its
+    # neighbours was unreadable and squeezed the axes. The figure widens to give each point its label's width.
+    ticks = [label.replace(", ", "\n") for label in labels]
+    widest = max((len(line) for tick in ticks for line in tick.splitlines()), default=8)
+    fig, (ax,) = new_figure(ctx.style, width=max(ctx.style.width, len(aggregated) * (0.075 * widest + 0.3) + 1.5))
     positions = np.arange(len(aggregated))
     ax.errorbar(positions, aggregated["loss.total_best_mean"], yerr=aggregated["loss.total_best_std"].fillna(0.0),
                 fmt="o", color="black", capsize=5, markersize=7, label="mean ± std over seeds", zorder=3)
     for position, label in zip(positions, labels):
         values = runs.loc[points == label, "loss.total_best"].to_numpy(dtype=float)
         ax.scatter(np.full(values.size, position + 0.12), values, s=16, color=colors.get(label), alpha=0.8, zorder=2)
-    ax.set_xticks(positions, labels.tolist(), rotation=20, ha="right")
+    ax.set_xticks(positions, ticks, fontsize="small")
+    ax.set_xlim(-0.5, len(aggregated) - 0.5)
     ax.set_ylabel("best validation loss")
-    ax.set_title("Mean ± std over seeds per grid point (dots: single runs)")
+    ax.set_title("Mean ± std over seeds per grid point\n(dots: single runs)")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize="small")
     ctx.save(fig, "seed_aggregation", out)
@@ -159,7 +164,8 @@ def _pareto_figure(ctx, out, name, x, y, points, colors, *, xlabel, legend_title
         front = pareto_front(x, y)
     if not ctx.wants(name):
         return front
-    fig, (ax,) = new_figure(ctx.style)
+    # Nothing to plot: a strip with the sentence, not a page-high empty box.
+    fig, (ax,) = new_figure(ctx.style, height=None if measured.any() else 1.4)
     if not measured.any():
         annotate_empty(ax, NO_ENERGY if name == "pareto_loss_vs_energy" else f"no {xlabel} recorded")
     else:
