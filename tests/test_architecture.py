@@ -188,6 +188,8 @@ _SOMETIMES = {
     f"{layout.RUN_REPORT_DIR}/{layout.REPORT_PDF}": "report.pdf: true, or thesis-lib report run --pdf",
     f"{layout.EXPORTS_DIR}/{layout.TORCHSCRIPT_EXPORT}": "thesis-lib export --format torchscript",
     f"{layout.EXPORTS_DIR}/{layout.ONNX_EXPORT}": "thesis-lib export --format onnx",
+    layout.TENSORBOARD_DIR: "tracking.backends=[tensorboard], or thesis-lib sync --to tensorboard",
+    layout.TRACKING_FILE: "tracking.backends not empty, or thesis-lib sync",
 }
 
 

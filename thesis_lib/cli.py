@@ -1,4 +1,4 @@
-"""`thesis-lib train | demo | make-data | make-sensor-data | spectrograms | runs | report | sweep | export`: thin wrappers over the library's functions."""
+"""`thesis-lib train | demo | make-data | make-sensor-data | spectrograms | runs | report | sweep | export | sync`: thin wrappers over the library's functions."""
 
 from __future__ import annotations
 
@@ -117,6 +117,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    """Push past runs to a tracker from their facts; 1 when a run could not be synced (each is named)."""
+    from .tracking_sync import sync_runs
+
+    results = sync_runs(args.path, args.to, dry_run=args.dry_run)
+    return 0 if all(result.ok for result in results) else 1
 
 
 def _add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -317,6 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
     export_p.add_argument("--output-dir", help="where the files go (default: <run_dir>/exports)")
     export_p.add_argument("--opset", type=int, help="ONNX opset version (default: torch's own)")
     export_p.set_defaults(func=_cmd_export)
+
+    sync_p = commands.add_parser(
+        "sync", help="push past runs to an experiment tracker from their facts alone (updates, never duplicates)"
+    )
+    sync_p.add_argument("path", help="a run directory, or a sweep (or any) directory holding runs")
+    sync_p.add_argument("--to", required=True, choices=("tensorboard",),
+                        help="the tracker (the event files go where the run's tracking.json or tracking.tensorboard_dir "
+                             "says, else into a tensorboard folder in the run directory)")
+    sync_p.add_argument("--dry-run", action="store_true", help="print what would be written and write nothing")
+    sync_p.set_defaults(func=_cmd_sync)
 
     _add_report_sweep_command(report_kinds)
     _add_sweep_command(commands)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import types
 import typing
@@ -31,7 +32,10 @@ __all__ = [
     "TelemetryConfig",
     "ReportConfig",
     "LoggingConfig",
+    "TrackingConfig",
     "load_config",
+    "config_origin",
+    "note_launch",
     "MODEL_PART_NAMES",
     "FIGURE_FAMILIES",
 ]
@@ -52,6 +56,9 @@ MODEL_PART_NAMES: dict[str, list[str]] = {
 # general families come first (any autoencoder run draws them), then the two of one task each, so
 # error messages name the general ones first.
 FIGURE_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr", "recon", "codebook", "adversarial", "diffusion")
+
+# What tracking.backends accepts: the experiment trackers thesis_lib.tracking mirrors a run to.
+TRACKING_BACKENDS: tuple[str, ...] = ("tensorboard",)
 
 
 def allow_model_part(kind: str, name: str) -> None:
@@ -216,6 +223,11 @@ class OptimConfig:
     plateau_patience: int = field(default=2, metadata=_at_least(0))
 
 
+# trainer.resume_from="auto": continue the newest unfinished run of this run_name and config under
+# output_root, else start a new one (thesis_lib.facts.resume; thesis_lib.train resolves it).
+AUTO_RESUME = "auto"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = field(default=10, metadata=_at_least(1))
@@ -227,7 +239,7 @@ class TrainerConfig:
     early_stopping_min_delta: float = field(default=0.0, metadata=_at_least(0))
     sync_every_n_steps: int = field(default=50, metadata=_at_least(1))  # how often the host reads metrics
     max_steps_per_epoch: int = field(default=0, metadata=_at_least(0))  # 0: the whole split
-    resume_from: Union[str, None] = None  # a run directory or its last.pt
+    resume_from: Union[str, None] = None  # a run directory or its last.pt, or AUTO_RESUME ("auto")
     test: bool = True  # evaluate the best weights on the test split at the end
 
 
@@ -255,6 +267,16 @@ class LoggingConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # Experiment trackers the run is mirrored to live (thesis_lib.tracking); empty: none, nothing imported.
+    # `thesis-lib sync <run_dir> --to tensorboard` pushes a finished run from its facts alone.
+    backends: list[str] = field(default_factory=list)
+    # "": <run_dir>/tensorboard/; else a shared log directory that gets <tensorboard_dir>/<run_id>/
+    # (relative to the working directory), so `tensorboard --logdir <tensorboard_dir>` shows every run.
+    tensorboard_dir: str = ""
+
+
+@dataclass
 class Config:
     output_root: str = "outputs"
     run_name: str = "run"
@@ -265,6 +287,7 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         """The resolved config as plain, YAML-safe data (what `config.yaml` holds)."""
@@ -302,9 +325,52 @@ def load_config(
         base = _read_yaml(Path(source))
     else:
         raise ConfigError(f"config must be a dict, a Config or a YAML path, got {type(source).__name__}")
-    for key, value in parse_overrides(overrides):
+    pairs = parse_overrides(overrides)
+    for key, value in pairs:
         _set_dotted(base, key, value)
-    return _build(Config, base, prefix="")
+    cfg = _build(Config, base, prefix="")
+    cfg._origin = _origin_of(source, overrides, pairs)  # not a field: config.yaml never holds it
+    return cfg
+
+
+def config_origin(cfg: Config) -> dict:
+    """How `cfg` was made, recorded in the run's env.json and on_start (`launch`), never in config.yaml.
+
+    Returns:
+        {"config_source": {"kind": "yaml", "path", "resolved"} | {"kind": "dict" | "Config" |
+        "default"}, "overrides": [each dotted string as given; a mapping as one dict of dotted
+        keys], plus what `note_launch` added}. `load_config(a_config, more)` keeps a_config's
+        origin and appends `more`; a Config not made by `load_config` reads {"kind": "Config"}.
+    """
+    origin = getattr(cfg, "_origin", None)
+    if not isinstance(origin, dict):
+        return {"config_source": {"kind": "Config"}, "overrides": []}
+    return {**origin, "config_source": dict(origin["config_source"]), "overrides": list(origin["overrides"])}
+
+
+def note_launch(cfg: Config, **launch: Any) -> Config:
+    """Add how the run is launched (e.g. a sweep's executor, directory and point) to `cfg`'s origin; returns cfg."""
+    cfg._origin = {**config_origin(cfg), **launch}
+    return cfg
+
+
+def _origin_of(source: Any, overrides: Any, pairs: list) -> dict:
+    """The origin `load_config(source, overrides)` gives its Config (see `config_origin`)."""
+    if isinstance(source, Config):
+        origin = config_origin(source)
+    elif isinstance(source, (str, Path)):
+        origin = {"config_source": {"kind": "yaml", "path": str(source), "resolved": os.path.realpath(source)},
+                  "overrides": []}
+    else:
+        origin = {"config_source": {"kind": "default" if source is None else "dict"}, "overrides": []}
+    if isinstance(overrides, str):
+        origin["overrides"].append(overrides)
+    elif isinstance(overrides, Mapping):
+        if pairs:
+            origin["overrides"].append(dict(pairs))
+    elif overrides is not None:
+        origin["overrides"].extend(overrides)
+    return origin
 
 
 def parse_overrides(overrides: Union[Sequence[str], Mapping, None]) -> list[tuple[str, Any]]:
@@ -518,6 +584,8 @@ def _build(cls: type, data: Any, prefix: str):
     _check_registry_defaults(config, prefix)
     if cls is LoggingConfig:
         check_figure_families(config.figures, f"{prefix}figures")
+    if cls is TrackingConfig:
+        check_tracking_backends(config.backends, f"{prefix}backends")
     if cls is TrainerConfig and not _DEVICE_PATTERN.match(config.device):
         raise ConfigError(
             f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"
@@ -563,6 +631,27 @@ def check_figure_families(families: Iterable[str], key: str = "logging.figures")
             raise ConfigError(f"{key}: {name!r}{hint} allowed: {allowed}")
         if name in names:
             raise ConfigError(f"{key}: {name!r} is listed twice; list each family once")
+        names.append(name)
+    return tuple(names)
+
+
+def check_tracking_backends(backends: Iterable[str], key: str = "tracking.backends") -> tuple[str, ...]:
+    """Validate tracking.backends: each one of TRACKING_BACKENDS, none twice.
+
+    Raises:
+        ConfigError: the message names the key, the bad value, the nearest backend and the allowed ones.
+    """
+    if isinstance(backends, (str, bytes)):
+        raise ConfigError(f"{key}={backends!r}: expected a list of backend names, e.g. [{backends!r}]")
+    allowed = ", ".join(TRACKING_BACKENDS)
+    names: list[str] = []
+    for i, name in enumerate(backends):
+        if not isinstance(name, str) or name not in TRACKING_BACKENDS:
+            match = did_you_mean(name, TRACKING_BACKENDS) if isinstance(name, str) else None
+            hint = f" — did you mean {match!r}?" if match else " is not a tracking backend;"
+            raise ConfigError(f"{key}[{i}]={name!r}{hint} allowed: {allowed}")
+        if name in names:
+            raise ConfigError(f"{key}: {name!r} is listed twice; list each backend once")
         names.append(name)
     return tuple(names)
 

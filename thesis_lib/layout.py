@@ -58,6 +58,10 @@ ONNX_EXPORT = "model.onnx"
 DRIVER_NOTEBOOK = "train.ipynb"
 RUN_REPORT_DIR = "report"
 REPORT_BACKLINKS = "reports.txt"
+# Experiment trackers (thesis_lib.tracking): the TensorBoard event files (tracking.tensorboard_dir "")
+# and each tracker's ids for this run (TensorBoard: the event-file directory written).
+TENSORBOARD_DIR = "tensorboard"
+TRACKING_FILE = "tracking.json"
 # The writer lock (thesis_lib.run_lock): the guard file stays; the holder record exists only while a
 # process writes the run (a crash leaves it behind, and the next writer takes it over).
 WRITER_LOCK = "writer.lock"
@@ -107,6 +111,8 @@ RUN_LAYOUT: dict[str, str] = {
     f"{RUN_REPORT_DIR}/{CURVES_FIGURE}": "loss and metric curves per epoch",
     f"{RUN_REPORT_DIR}/{RUN_REPORT_NOTEBOOK}": "the executed report template, outputs and all",
     REPORT_BACKLINKS: "the sweep reports that included this run, one path a line",
+    TENSORBOARD_DIR: "TensorBoard event files (tracking.backends lists tensorboard, or thesis-lib sync --to tensorboard)",
+    TRACKING_FILE: "each experiment tracker's ids for this run (TensorBoard: the event-file directory), so a sync updates",
     WRITER_LOCK: f"the writer lock's guard (thesis_lib.run_lock); while a process writes the run, {WRITER_RECORD} "
                  "beside it names that process: pid, host, start, batch job, what it is doing, heartbeat",
 }

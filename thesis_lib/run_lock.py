@@ -79,6 +79,7 @@ __all__ = [
     "hold_lock",
     "read_run_lock",
     "read_lock",
+    "run_lock_refusal",
     "RunLock",
     "LockHolder",
     "RunLockTakeoverWarning",
@@ -238,6 +239,27 @@ def read_lock(lock_file: PathLike, record_file: Optional[PathLike] = None) -> Op
 def read_run_lock(run_dir: PathLike) -> Optional[LockHolder]:
     """Who is writing a run directory, as its writer record says (None: nobody, or a record that is unreadable)."""
     return read_lock(Path(run_dir) / WRITER_LOCK, Path(run_dir) / WRITER_RECORD)
+
+
+def run_lock_refusal(run_dir: PathLike, *, stale_after_s: float = STALE_AFTER_S) -> Optional[RunLockedError]:
+    """The RunLockedError `hold_run_lock(run_dir, ...)` would raise now, or None when it would be taken.
+
+    A look, not a take: the record is read without the guard. None when there is no record, when
+    its holder is gone by the takeover rules (a dead process on this host, a requeue of its batch
+    job, no heartbeat for `stale_after_s`), or when this process holds it. For a caller deciding
+    whether a run is being written (`trainer.resume_from=auto`); the hold itself decides again.
+    """
+    run_dir = Path(run_dir)
+    record_path = run_dir / WRITER_RECORD
+    current, unreadable = _read_record(record_path)
+    if current is None and not unreadable:
+        return None
+    with _LOCAL:
+        if os.path.abspath(run_dir / WRITER_LOCK) in _held():
+            return None
+    if _stale_reason(current, stale_after_s) is not None:
+        return None
+    return _refusal(f"run directory {run_dir}", current, record_path, stale_after_s)
 
 
 def describe_job(job: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ import functools
 from pathlib import Path
 from typing import Mapping, Sequence, Union
 
-from .config import Config, load_config
+from .config import AUTO_RESUME, Config, load_config
 from .errors import ReportError
 from .train import RunResult, fit
 
@@ -31,15 +31,24 @@ def train(
     `report.enabled` is true, rank 0 renders `<run_dir>/report/` from the run directory; a report
     that fails is recorded in the run's facts (on_incident) and log, never raised.
 
+    `trainer.resume_from="auto"` continues the newest unfinished run (CRASHED, or STOPPED by a
+    signal) with the same run_name and config (`thesis_lib.facts.resume`) under output_root, else
+    starts a new one; the run's log says which and why, and names the FAILED runs it passed by.
+
     Raises:
         ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
+        RunLockedError: the run to resume is being written by a live process (with "auto": the
+            newest unfinished run of this config); nothing was written.
         Any unexpected exception during training is recorded (on_exception, status FAILED,
         checkpoints kept, report rendered) and then re-raised. A NaN/inf loss does not raise:
         the run ends FAILED.
     """
     cfg = load_config(config, overrides)
     finish = functools.partial(render_run_report_for, pdf=cfg.report.pdf) if cfg.report.enabled else None
-    return fit(cfg, dashboard=dashboard, finish=finish)
+    resolve_resume = None
+    if cfg.trainer.resume_from == AUTO_RESUME:  # the run to continue is found by reading the runs (facts)
+        from .facts.resume import find_run_to_resume as resolve_resume
+    return fit(cfg, dashboard=dashboard, finish=finish, resolve_resume=resolve_resume)
 
 
 def render_run_report_for(run_dir: Path, *, pdf: bool = False) -> None:

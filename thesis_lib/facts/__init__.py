@@ -5,6 +5,7 @@ nothing else couples the two.
 """
 
 from .reader import read_config, read_events, read_scalars, read_steps, read_telemetry
+from .resume import find_run_to_resume, resume_config_hash
 from .runs_table import discover_runs, load_runs
 from .status import run_status
 
@@ -17,4 +18,6 @@ __all__ = [
     "read_telemetry",
     "read_config",
     "run_status",
+    "find_run_to_resume",
+    "resume_config_hash",
 ]

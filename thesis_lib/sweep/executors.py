@@ -21,8 +21,14 @@ outcome and `execute_point` in `point` (all re-exported here).
   scheduler, else a `LocalCluster(n_workers=max_workers, threads_per_worker=1, processes=True)`
   started and closed by the sweep; or pass your own `distributed.Client` as `executor=`.
 
-Scripts that use "process" or "dask" must guard their entry point with
-`if __name__ == "__main__":`, since spawned workers import the main module.
+Script files that use "process" or "dask" must guard their entry point with
+`if __name__ == "__main__":`, since spawned workers import the main module. A script read on
+standard input (`python - <<EOF`), `python -c` and an interactive session have no main file: their
+workers start without it (worker_pools._launchable_main), so the sweep refuses up front a model
+part defined there (`worker_imports`); parts registered by importable modules are imported by each
+worker before its point runs.
+A pool that breaks (a worker that died) names, in every point it took down, how the worker ended:
+its exit code or signal.
 
 HPC with dask-jobqueue (not a dependency of thesis-lib; `pip install dask-jobqueue`), one GPU and
 one point per job, the sweep itself running on the login node or in a small job::
@@ -50,7 +56,9 @@ on one machine under Dask, `dask_cuda.LocalCUDACluster` (one worker per GPU) pla
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional, Sequence
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ..errors import ConfigError
 from .point import PointOutcome, PointTask, execute_point, find_new_run_dir
@@ -68,6 +76,7 @@ __all__ = [
     "DaskExecutor",
     "make_executor",
     "check_executor",
+    "worker_imports",
 ]
 
 EXECUTORS = ("inline", "process", "dask")
@@ -127,6 +136,60 @@ def make_executor(executor: Any, *, max_workers: Optional[int] = None, scheduler
     if executor == "process":
         return ProcessExecutor(max_workers)
     return DaskExecutor(scheduler=scheduler, max_workers=max_workers)
+
+
+def worker_imports(configs: Iterable[Mapping], executor: Any) -> tuple[str, ...]:
+    """The modules a worker must import before a point runs: those that register the model parts the
+    points choose from outside thesis-lib (`@register(kind, name)`), for every executor but "inline".
+
+    A spawned or Dask worker starts with thesis-lib's own parts only; importing these modules first
+    registers the custom ones there too (`PointTask.imports`). A part defined in the main module
+    cannot be imported by name: the sweep refuses it before anything runs, unless the executor is
+    "process" and the main script is a file (a spawned worker re-runs it, registering the part).
+
+    Raises:
+        ConfigError: a chosen part is defined in `__main__` that the workers cannot import; the
+            message names it and says to move it into an importable module.
+    """
+    if isinstance(executor, str) and executor == "inline":
+        return ()
+    from ..config import MODEL_PART_NAMES
+    from ..models import registry
+
+    modules: dict[str, None] = {}
+    for config in configs:
+        for kind in MODEL_PART_NAMES:
+            name = config.get("model", {}).get(kind)
+            if name is None or name not in registry.names(kind):
+                continue
+            builder = registry.get(kind, name)
+            module = getattr(builder, "__module__", None) or "__main__"
+            if module.split(".")[0] == "thesis_lib" or module in modules:
+                continue
+            if module in ("__main__", "__mp_main__"):
+                if executor == "process" and _main_is_a_file():
+                    continue
+                where = "another machine's worker" if executor != "process" else "a spawned worker process"
+                raise ConfigError(
+                    f"model.{kind}={name!r} is built by {getattr(builder, '__qualname__', builder)!r}, defined in "
+                    f"__main__ (this script{_main_origin()}), which {where} cannot import: move it into an "
+                    f"importable module (a .py file on the path, imported by this script), or use executor='inline'"
+                )
+            modules[module] = None
+    return tuple(modules)
+
+
+def _main_is_a_file() -> bool:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is not None and os.path.isfile(path)
+
+
+def _main_origin() -> str:
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return ": python -c, an interactive session or a notebook"
+    return ": standard input" if path == "<stdin>" else f": {path}, no such file"
 
 
 def _is_dask_client(obj: Any) -> bool:

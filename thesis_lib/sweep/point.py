@@ -18,6 +18,7 @@ point whose claim another live process holds comes back at once as status RUNNIN
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import re
 import secrets
@@ -54,6 +55,8 @@ class PointTask:
     known_run_ids: tuple = ()  # run directories of this point's name that existed before it started
     ended_run_ids: tuple = ()  # those of them that had ended when the sweep planned (never adopted as its outcome)
     wait_for_claim: bool = False  # another process runs the point: wait for it, then adopt or run (else: come back)
+    executor: str = "inline"  # what runs the point (inline, process, dask): recorded in the run's env.json `launch`
+    imports: tuple = ()  # modules the worker imports first: they register the custom model parts the point uses
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def _execute_claimed(task: PointTask, started: float) -> PointOutcome:
         return PointOutcome(task.name, status, str(run_dir), error, time.time() - started, reason, elsewhere=who)
     tail = None
     try:
+        for module in task.imports:  # a spawned or Dask worker has thesis-lib's own model parts only
+            importlib.import_module(module)
         if task.via == "notebook":
             status, run_dir, error, reason = _run_notebook(task)
         else:
@@ -138,9 +143,12 @@ def _execute_claimed(task: PointTask, started: float) -> PointOutcome:
 
 
 def _run_function(task: PointTask) -> tuple[str, Optional[Path], Optional[str], Optional[str]]:
+    from ..config import load_config, note_launch
     from ..workflow import train
 
-    result = train(task.config)
+    config = note_launch(load_config(task.config), executor=task.executor, sweep_dir=task.sweep_dir,
+                         sweep_point=task.name)
+    result = train(config)
     error = None if result.status in ("COMPLETED", "STOPPED") else f"run ended {result.status}: {result.stop_reason}"
     return result.status, Path(result.run_dir), error, result.stop_reason
 

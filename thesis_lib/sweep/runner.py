@@ -6,7 +6,10 @@ atomically after every point, so a killed sweep still says which points finished
 
 Re-running the same sweep (same name, same spec hash) reuses the latest such directory and
 skips every point whose run there ended COMPLETED, or STOPPED by early stopping; failed,
-crashed and interrupted points run again.
+crashed and interrupted points run again. sweep.yaml's `executor` and `via` at the top stay those
+of the sweep's first run; each point records what ran its run (`executor`, `via`: a skipped point
+keeps the earlier run's, None where another process ran it), so a re-run with another executor
+never rewrites how the completed points were run.
 
 Two identical sweeps started together (or one sweep submitted as several batch jobs) share one
 directory (it is found or created under `<output_root>/.multiruns.lock`) and never run a point
@@ -41,7 +44,7 @@ from ..facts import read_config, read_events, run_status
 from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_FILE, SWEEPS_DIR, SWEEPS_LOCK, sanitize_run_name
 from ..atomic_files import atomic_write_text
 from ..run_lock import hold_lock
-from .executors import PointOutcome, PointTask, check_executor, make_executor
+from .executors import PointOutcome, PointTask, check_executor, make_executor, worker_imports
 from .point import RUNNING_ELSEWHERE
 from .grid import SweepPoint, expand_grid, point_config_hash, resolve_base, spec_hash
 
@@ -68,6 +71,8 @@ class PointResult:
     duration_s: Optional[float] = None
     traceback: Optional[str] = None  # the last frames, when the point raised
     elsewhere: Optional[str] = None  # another process ran the point (skipped), or runs it (status RUNNING): which
+    executor: Optional[str] = None  # what ran the point's run (a skipped point: the earlier sweep's); None: unknown
+    via: Optional[str] = None  # how it ran: "function" or "notebook" (same rule)
 
 
 @dataclass
@@ -140,6 +145,7 @@ def sweep(
                           "every point would continue the same run; a re-run of the sweep resumes by skipping "
                           "completed points instead")
     points = expand_grid(base_dict, grid, seeds)
+    imports = worker_imports((p.config for p in points), executor)  # refuses a model part workers cannot import
     seeds_used = list(dict.fromkeys(p.seed for p in points))
     spec = spec_hash(base_dict, grid or {}, seeds_used)
     label = sanitize_run_name(name)
@@ -149,13 +155,18 @@ def sweep(
                               executor=_executor_label(executor, scheduler), via=via)
         if not record.path.is_file():  # an identical sweep started a moment later finds this directory
             record.write([], state="planning")
-    results, tasks = _plan(points, directory, via, str(notebook_path.resolve()))
+    results, tasks = _plan(points, directory, via, str(notebook_path.resolve()), imports)
+    for result in results:  # a skipped point keeps what ran it, as the earlier sweep recorded it
+        if result.skipped:
+            result.executor, result.via = record.ran_by(result.run_dir)
     record.write(results, state="running")
     skipped = sum(r.skipped for r in results)
     progress = _Progress(label, total=len(results), already_done=skipped)
     print(f"[sweep {label}] {len(results)} points, {skipped} already completed (skipped), {len(tasks)} to run "
           f"({executor if isinstance(executor, str) else 'dask client'}, via {via}) -> {directory}")
     if tasks:
+        kind = executor if isinstance(executor, str) else "dask"  # each run records what ran it (env.json launch)
+        tasks = [dataclasses.replace(task, executor=kind) for task in tasks]
         _execute(tasks, results, record, progress, executor, max_workers, scheduler)
     else:
         record.write(results, state="finished")
@@ -175,6 +186,7 @@ def _execute(tasks, results, record, progress, executor, max_workers, scheduler)
     """
     by_name = {r.name: r for r in results}
     runner = make_executor(executor, max_workers=max_workers, scheduler=scheduler)
+    ran_by = record.head_now["executor"], record.head_now["via"]
     progress.workers = runner.workers
     state = "interrupted"
     try:
@@ -184,6 +196,7 @@ def _execute(tasks, results, record, progress, executor, max_workers, scheduler)
             for task, outcome in runner.run(pending):
                 result = by_name[task.name]
                 _apply(result, outcome)
+                result.executor, result.via = (None, None) if result.elsewhere is not None else ran_by
                 record.write(results, state="running")
                 if outcome.status == RUNNING_ELSEWHERE and outcome.elsewhere is not None and not task.wait_for_claim:
                     put_aside.append(dataclasses.replace(task, wait_for_claim=True))
@@ -207,7 +220,8 @@ def _apply(result: PointResult, outcome: PointOutcome) -> None:
     result.skipped = outcome.elsewhere is not None and outcome.status != RUNNING_ELSEWHERE  # another process ran it
 
 
-def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) -> tuple[list[PointResult], list[PointTask]]:
+def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str,
+          imports: tuple = ()) -> tuple[list[PointResult], list[PointTask]]:
     """A PointResult per point (skipped where an earlier run completed it) and the tasks still to run."""
     finished, run_ids, ended = _completed_runs(directory)
     results, tasks = [], []
@@ -224,7 +238,7 @@ def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str) ->
         marker = f"_{sanitize_run_name(point.name)}_"
         tasks.append(PointTask(point.name, config, via, str(directory), notebook if via == "notebook" else None,
                                known_run_ids=tuple(r for r in run_ids if marker in r),
-                               ended_run_ids=tuple(r for r in ended if marker in r)))
+                               ended_run_ids=tuple(r for r in ended if marker in r), imports=imports))
     return results, tasks
 
 
@@ -324,31 +338,52 @@ def _counts(results: Sequence[PointResult]) -> dict:
 
 
 class _SweepRecord:
-    """sweep.yaml: what the sweep is (spec) and how far it got (point statuses), rewritten atomically."""
+    """sweep.yaml: what the sweep is (spec) and how far it got (point statuses), rewritten atomically.
+
+    A re-run keeps what the first run recorded of how the sweep ran: `created`, `executor` and `via`
+    at the top are the first run's, and each point says what ran its own run (`executor`, `via`),
+    so a re-run with another executor that only skips completed points changes neither.
+    """
 
     def __init__(self, directory: Path, *, name, spec, base, grid, seeds, executor, via):
         from ..version import __version__
 
         self.path = directory / SWEEP_FILE
         self.directory = directory
+        self.before = self._read_before()
+        self.head_now = {"executor": executor, "via": via}  # this run's, recorded on the points it runs
         self.head = {
             "name": name,
             "spec_hash": spec,
-            "created": self._created_before() or dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "created": self.before.get("created") or dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "thesis_lib_version": __version__,
-            "executor": executor,
-            "via": via,
+            "executor": self.before.get("executor") or executor,
+            "via": self.before.get("via") or via,
             "seeds": list(seeds),
             "grid": {k: list(v) for k, v in grid.items()},
             "base": base,
         }
 
-    def _created_before(self) -> Optional[str]:
-        """A re-run keeps the time the sweep was first created."""
+    def _read_before(self) -> dict:
+        """The sweep.yaml an earlier run of this sweep left ({} if none, or unreadable)."""
         try:
-            return yaml.safe_load(self.path.read_text()).get("created")
-        except (OSError, yaml.YAMLError, AttributeError):
-            return None
+            data = yaml.safe_load(self.path.read_text())
+        except (OSError, yaml.YAMLError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def ran_by(self, run_dir: Optional[Path]) -> tuple[Optional[str], Optional[str]]:
+        """(executor, via) the earlier sweep.yaml records for the point whose run is `run_dir`; a file from
+        before points recorded them: its top-level ones; (None, None) where no earlier run recorded it."""
+        if run_dir is None:
+            return None, None
+        relative = os.path.relpath(run_dir, self.directory)
+        for point in self.before.get("points") or []:
+            if isinstance(point, dict) and point.get("run_dir") == relative and not point.get("elsewhere"):
+                if "executor" in point:
+                    return point.get("executor"), point.get("via")
+                return self.before.get("executor"), self.before.get("via")
+        return None, None
 
     def write(self, results: Sequence[PointResult], *, state: str) -> None:
         """Rewrite the whole file (temporary file + rename: readers never see half of it)."""
@@ -371,6 +406,8 @@ class _SweepRecord:
             "status": result.status,
             "skipped": result.skipped,
             "run_dir": run_dir,
+            "executor": result.executor,
+            "via": result.via,
             "duration_s": round(result.duration_s, 3) if result.duration_s is not None else None,
             "error": result.error,
             "traceback": result.traceback,

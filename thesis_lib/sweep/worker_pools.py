@@ -7,10 +7,15 @@ module docstring says how each behaves and how to use them (including dask-jobqu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
+import multiprocessing.context
 import os
 import secrets
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -30,6 +35,89 @@ def run_pinned(task_fn: Callable[[PointTask], PointOutcome], task: PointTask) ->
         # Before the point imports torch in this fresh process: CUDA reads the variable once, at init.
         os.environ["CUDA_VISIBLE_DEVICES"] = task.device
     return task_fn(task)
+
+
+# One at a time: a worker being launched may hide `__main__.__file__` for a moment (_launchable_main).
+_LAUNCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _launchable_main() -> Iterator[None]:
+    """While a spawn worker is launched: hide a `__main__.__file__` that names no file.
+
+    A spawned process re-runs the parent's main script from `__main__.__file__` before it takes any
+    work (multiprocessing's "safe importing of the main module"). A script read on standard input
+    (`python - <<EOF`) has `__file__ == "<stdin>"`, no file, so every worker died at start-up and
+    broke the pool. With the attribute hidden the worker starts with an empty `__main__`, as it does
+    for `python -c` and an interactive session: what a point needs is plain data plus functions of
+    importable modules (`execute_point`), and the sweep refuses up front anything that would need
+    the parent's `__main__` (executors.worker_imports). A main script that is a real file is left
+    alone: it is re-imported as usual (so it must guard its entry point).
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None or _is_file(path):
+        yield
+        return
+    with _LAUNCH_LOCK:
+        del main.__file__
+        try:
+            yield
+        finally:
+            main.__file__ = path
+
+
+def _is_file(path: str) -> bool:
+    origin = getattr(multiprocessing.process, "ORIGINAL_DIR", None) or os.getcwd()
+    return os.path.isfile(path if os.path.isabs(path) else os.path.join(origin, path))
+
+
+class _PoolWorker(multiprocessing.context.SpawnProcess):
+    """A pool worker process: launched with a main module it can start from (_launchable_main)."""
+
+    def start(self) -> None:
+        with _launchable_main():
+            super().start()
+
+
+class _PoolContext(multiprocessing.context.SpawnContext):
+    """The spawn context of one pool: its workers are _PoolWorkers, and it keeps them, so that when
+    the pool breaks the point's error can say how its worker ended (exit code or signal)."""
+
+    def __init__(self) -> None:
+        self.workers: list[_PoolWorker] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> _PoolWorker:  # noqa: N802 - multiprocessing's name
+        worker = _PoolWorker(*args, **kwargs)
+        self.workers.append(worker)
+        return worker
+
+
+def _how_workers_died(context: Optional[_PoolContext], error: BaseException) -> str:
+    """Why the pool broke: the exit code or signal of each worker that died, and the error's cause."""
+    died = []
+    for worker in context.workers if context is not None else []:
+        code = worker.exitcode
+        if code is None or code == 0:
+            continue  # still running, or done after its one task (max_tasks_per_child)
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            died.append((-code == signal.SIGTERM, f"worker pid {worker.pid} was killed by {name}{hint}"))
+        else:
+            hint = (": it raised before or while running the point, its traceback is above on stderr"
+                    if code == 1 else "")
+            died.append((False, f"worker pid {worker.pid} exited with code {code}{hint}"))
+    # The pool terminates (SIGTERM) the workers left once one dies: name those only when nothing else explains it.
+    first = [text for terminated, text in died if not terminated] or [text for _, text in died]
+    parts = first or [f"{type(error).__name__}: {error}"]
+    cause = error.__cause__ or error.__context__
+    if cause is not None:
+        parts.append(f"cause: {str(cause).strip()[-600:]}")
+    return "; ".join(parts)
 
 
 def visible_gpu_ids() -> list[str]:
@@ -63,10 +151,12 @@ class ProcessExecutor:
         self.slots = [devices[i % len(devices)] for i in range(self.workers)] if devices else [None] * self.workers
         self.task_fn = task_fn
         self._pool: Optional[ProcessPoolExecutor] = None
+        self._context: Optional[_PoolContext] = None
 
     def _new_pool(self) -> ProcessPoolExecutor:
         per_child = {"max_tasks_per_child": 1} if any(s is not None for s in self.slots) else {}
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"), **per_child)
+        self._context = _PoolContext()
+        return ProcessPoolExecutor(self.workers, mp_context=self._context, **per_child)
 
     def run(self, tasks: Sequence[PointTask]) -> Iterator[tuple[PointTask, PointOutcome]]:
         """Yield each task with its outcome as it finishes; a dead worker does not stop the rest."""
@@ -83,13 +173,15 @@ class ProcessExecutor:
                 in_flight[future] = (task, breaks, slot, time.time())
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             broken: list[tuple[PointTask, int, float]] = []
+            pool_error: Optional[BaseException] = None
             for future in done:
                 task, breaks, slot, started = in_flight.pop(future)
                 free.append(slot)
                 try:
                     yield task, future.result()
-                except BrokenProcessPool:
+                except BrokenProcessPool as exc:
                     broken.append((task, breaks, started))
+                    pool_error = exc
                 except Exception as exc:  # noqa: BLE001 - e.g. an outcome that would not unpickle
                     yield task, _lost_outcome(task, started, f"the worker could not return the result: {exc!r}")
             if broken:
@@ -99,14 +191,15 @@ class ProcessExecutor:
                     broken.append((task, breaks, started))
                 in_flight.clear()
                 self._pool.shutdown(wait=True, cancel_futures=True)
+                how = _how_workers_died(self._context, pool_error)
                 self._pool = self._new_pool()
                 alone = len(broken) == 1
                 for task, breaks, started in broken:
                     if alone or breaks >= 1:
-                        reason = "its worker process died (out of memory, a segfault or os._exit)"
+                        reason = f"its worker process died ({how})"
                         yield task, _lost_outcome(task, started, reason, status="CRASHED")
                     else:
-                        print(f"[sweep] the process pool broke while {task.name} ran; running it again")
+                        print(f"[sweep] the process pool broke while {task.name} ran ({how}); running it again")
                         pending.appendleft((task, breaks + 1))
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence, Union
 
-from ..config import Config, flatten_dict, load_config
+from ..config import AUTO_RESUME, Config, flatten_dict, load_config
 from ..errors import CheckpointError, ConfigError, RunLockedError
 from ..devices import resolve_device
 from ..layout import STDOUT_LOG, WRITER_LOCK, create_run_dir
@@ -35,6 +35,7 @@ def fit(
     *,
     dashboard: Union[str, object, None] = "auto",
     finish: Optional[Callable[[Path], None]] = None,
+    resolve_resume: Optional[Callable[[Config], object]] = None,
 ) -> RunResult:
     """Train a model and leave a complete run directory at `<output_root>/runs/<run_id>/`.
 
@@ -50,6 +51,11 @@ def fit(
             prints lands in logs/stdout.log). `report.enabled` is not looked at: the caller
             decides. An exception from it is recorded (on_incident, part "report" for a
             ReportError, else "finish") and printed, never raised: the run has ended.
+        resolve_resume: what `trainer.resume_from="auto"` needs: called with the resolved config
+            on rank 0, it returns an object with `run_dir` (the run to resume, or None: a new run)
+            and `lines` (printed into the run's log). `thesis_lib.train` (workflow) passes
+            `thesis_lib.facts.find_run_to_resume`, which reads the runs under output_root (a layer
+            above this loop); without it "auto" is a ConfigError.
 
     Returns:
         RunResult with the run directory, final status (COMPLETED, STOPPED or FAILED), best
@@ -65,15 +71,25 @@ def fit(
     process) and rank 0 alone writes the run directory and calls `finish`; see train/distributed.py.
 
     Raises:
-        ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written.
+        ConfigError, DataError, ModelError, CheckpointError: bad input, before anything is written;
+            a ConfigError for trainer.resume_from="auto" without `resolve_resume`.
         RunLockedError: another live process writes the run to resume (thesis_lib.run_lock); the
             message names it (pid, host, start, job, what it does). Nothing was read or written.
         Any unexpected exception during training is recorded (on_exception, status FAILED,
         checkpoints kept) and then re-raised. A NaN/inf loss does not raise: the run ends FAILED.
     """
     cfg = load_config(config, overrides)
+    if cfg.trainer.resume_from == AUTO_RESUME and resolve_resume is None:
+        raise ConfigError(
+            'trainer.resume_from="auto" is resolved by thesis_lib.train (or `thesis-lib train`), which finds the '
+            "run to resume under output_root; fit() itself takes a run directory or its last.pt "
+            "(or pass resolve_resume=thesis_lib.facts.find_run_to_resume)"
+        )
     ddp = DistributedContext.from_env(resolve_device(cfg.trainer.device))
     try:
+        auto_lines: list = []
+        if cfg.trainer.resume_from == AUTO_RESUME:
+            cfg, auto_lines = _resolve_auto_resume(cfg, ddp, resolve_resume)
         # The run directory's writer lock (run_lock.py), on rank 0, from the directory's creation
         # or the resume until fit returns, `finish` included: a second process resuming the same
         # run is refused before it has read the checkpoint or written anything.
@@ -96,6 +112,8 @@ def fit(
                     result = run.execute(run_dir, run_id, capture, None)
             else:
                 with capture_output(run_dir / STDOUT_LOG) as capture:
+                    for line in auto_lines:  # which run "auto" chose, and why: on the console and in the run's log
+                        print(f"[{run_id}] {line}")
                     for note in notes:  # a stale lock taken over: said in the run's log, recorded in its facts
                         print(f"[{run_id}] run lock: {note}")
                         capture.incidents.append({"part": "lock", "message": note,
@@ -108,6 +126,25 @@ def fit(
             return result
     finally:
         ddp.close()
+
+
+def _resolve_auto_resume(cfg: Config, ddp: DistributedContext, resolve: Callable[[Config], object]) -> tuple:
+    """trainer.resume_from="auto" -> the run directory `resolve` finds (or None: a new run), decided on rank 0
+    and broadcast, so that every rank continues the same run. Returns (config, lines to print)."""
+    answer = None
+    if ddp.is_main:
+        try:
+            found = resolve(cfg)
+            run_dir = getattr(found, "run_dir", None)
+            answer = (str(run_dir) if run_dir is not None else None, [str(x) for x in getattr(found, "lines", ())], None)
+        except Exception as exc:  # noqa: BLE001 - raised on every rank below, none waits in a collective
+            if not ddp.enabled:
+                raise
+            answer = (None, [], exc)
+    run_dir, lines, error = ddp.broadcast(answer) if ddp.enabled else answer
+    if error is not None:
+        raise error
+    return load_config(cfg, {"trainer.resume_from": run_dir}), lines
 
 
 def _hold_writer_lock(held: contextlib.ExitStack, ddp: DistributedContext, run_dir: Path, purpose: str) -> list:

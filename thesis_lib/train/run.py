@@ -27,7 +27,7 @@ from typing import Callable, Optional, Union
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, config_origin
 from ..data import make_loaders
 from ..data.describe import describe_dataset
 from ..errors import CheckpointError, NonFiniteLossError, ReportError, describe_error
@@ -36,6 +36,7 @@ from ..layout import (BEST_CHECKPOINT, DATA_META_FILE, EVENTS_FILE, HISTORY_FILE
                       MODEL_INFO_FILE, TELEMETRY_FILE)
 from ..record.writer import RunWriter
 from ..record.env import collect_env, describe_data_file
+from ..record.launch import describe_launch
 from ..record.schema import config_hash, scalar_columns
 from ..atomic_files import atomic_write_text
 from ..models import build_model, count_parameters
@@ -49,7 +50,7 @@ from .optim import Precision, build_optimizer, build_scheduler
 from .output_capture import CapturedOutput
 from .resources import RunResources
 from .signals import RunStopSignals, SignalStop, stop_signals_reach
-from .sync_points import DashboardView, ProgressLines, StepRows, SyncPoints
+from .sync_points import DashboardView, MirroredStepRows, ProgressLines, StepRows, SyncPoints
 
 __all__ = ["TrainingRun", "RunResult", "seed_everything"]
 
@@ -107,6 +108,11 @@ class TrainingRun:
         self.energy_before_j = 0.0
         self.resources: Optional[RunResources] = None
         self.monitor: Optional[FigureMonitor] = None
+        self.tracker = None  # the GuardedMirror of tracking.backends (rank 0), or None: no tracking imported
+        if cfg.tracking.backends and ddp.is_main:  # a missing package fails here, before any file is written
+            from ..tracking import check_available
+
+            check_available(cfg.tracking.backends)
         if self.resume_state is not None:
             self._restore(self.resume_state)
         # What the training step calls: DDP around the model under torchrun, else the model itself.
@@ -173,7 +179,8 @@ class TrainingRun:
         with writer:
             config_dict = cfg.to_dict()
             writer.write_config(config_dict)
-            writer.write_env({**collect_env(), "world_size": ddp.world_size})
+            launch = describe_launch(config_origin(cfg))  # argv, config source, overrides, executor, job ids
+            writer.write_env({**collect_env(), "world_size": ddp.world_size, "launch": launch})
             data_file = describe_data_file(cfg.data.path)
             writer.event(
                 "on_start",
@@ -188,6 +195,7 @@ class TrainingRun:
                 split_sizes=self.meta.split_sizes,
                 world_size=ddp.world_size,
                 data_file=data_file,
+                launch=launch,
             )
             if ddp.is_main:  # before the first epoch: a run that crashes has it too
                 self._write_data_meta(writer, data_file)
@@ -196,9 +204,12 @@ class TrainingRun:
                 self.dashboard.on_start(self._dashboard_info())
             # Rank 0 samples every GPU of its node (one column set each); other ranks sample nothing.
             telemetry_cfg = cfg.telemetry if ddp.is_main else dataclasses.replace(cfg.telemetry, enabled=False)
+            telemetry_before = _file_size(run_dir / TELEMETRY_FILE)  # a resumed run's rows already mirrored
             self.resources = RunResources(telemetry_cfg, self.device, run_dir / TELEMETRY_FILE, started,
                                           energy_before_j=self.energy_before_j,
                                           local_devices=ddp.local_world_size if ddp.enabled else 1)
+            if cfg.tracking.backends and ddp.is_main:
+                self.tracker = self._open_tracker(config_dict, started, telemetry_before)
             self.monitor = self._figure_monitor() if ddp.is_main else None
             self.sync = self._sync_points()
             try:
@@ -207,7 +218,10 @@ class TrainingRun:
                 self.signals.phase = "finishing"
                 telemetry = self.resources.stop()
             total_time = time.time() - started
-            test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
+            try:
+                test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
+            finally:
+                self._close_tracker()
             result = RunResult(
                 run_dir=run_dir,
                 run_id=run_id,
@@ -273,6 +287,9 @@ class TrainingRun:
                 self._write_event(writer, "on_incident", part="signal", message=note)
         for incident in self.capture.take_incidents():
             self._write_event(writer, "on_incident", **incident)
+        if self.tracker is not None:  # a tracker that failed and was switched off (part "tracking")
+            for failure in self.tracker.take_failures():
+                self._write_event(writer, "on_incident", **failure)
         if self.monitor is not None:
             fresh = self.monitor.warnings[self._monitor_warnings_recorded:]
             self._monitor_warnings_recorded += len(fresh)
@@ -312,7 +329,9 @@ class TrainingRun:
     def _sync_points(self) -> SyncPoints:
         """The step's one hook, and what this run does at sync points: steps.csv rows, the dashboard, progress lines."""
         cfg, dashboard = self.cfg, self.dashboard
-        self.step_rows = StepRows(self._origin)
+        # With a tracker, each steps.csv row also goes to it as it is made (at the sync point itself).
+        self.step_rows = (StepRows(self._origin) if self.tracker is None
+                          else MirroredStepRows(self._origin, self.tracker.sync_point))
         listeners: list = [self.step_rows]
         if dashboard is not None:
             listeners.append(DashboardView(dashboard, self._steps_per_epoch(), self.resources.latest_gpu))
@@ -420,10 +439,12 @@ class TrainingRun:
         epoch_time = train_stats.seconds + val_stats.seconds
         t = time.time() - self._origin
         common = {"epoch": epoch, "step": self.global_step, "t": t, "lr": lr, "epoch_time_s": epoch_time}
-        writer.scalars({**common, **train_stats.metrics, **resources, "split": "train", "grad_norm": train_stats.grad_norm,
-                        "samples": train_stats.samples, "throughput": train_stats.throughput})
-        writer.scalars({**common, **val_stats.metrics, "split": "val", "samples": val_stats.samples,
-                        "throughput": val_stats.throughput})
+        rows = ({**common, **train_stats.metrics, **resources, "split": "train", "grad_norm": train_stats.grad_norm,
+                 "samples": train_stats.samples, "throughput": train_stats.throughput},
+                {**common, **val_stats.metrics, "split": "val", "samples": val_stats.samples,
+                 "throughput": val_stats.throughput})
+        for row in rows:
+            writer.scalars(row)
         writer.event(
             "on_epoch_end",
             epoch=epoch,
@@ -441,6 +462,10 @@ class TrainingRun:
             energy_so_far_j=self.resources.energy_total_j if resources["energy_j"] is not None else None,
         )
         writer.steps(self.step_rows.take())
+        if self.tracker is not None:  # the same rows the facts got (the steps went at their sync points)
+            for row in rows:
+                self.tracker.epoch(row)
+            self.tracker.poll_telemetry()
         self._record_incidents(writer)
         writer.flush()
         self.history.append(epoch, lr, epoch_time, train_stats, val_stats)
@@ -515,6 +540,11 @@ class TrainingRun:
                 self._write_event(writer, "on_test_end", skipped=skipped, epoch=self.best_epoch, samples=0)
             else:
                 test_metrics = self._test_pass(writer, best_path)
+        if self.tracker is not None:  # the records since the last epoch, in the facts' order; end comes last
+            self.tracker.poll_telemetry()
+            if test_metrics:
+                self.tracker.test(test_metrics, self.best_epoch)
+            self.tracker.end(status, reason)
         if not is_main:
             return test_metrics
         self._optional(writer, "history", self.run_dir / HISTORY_FILE,
@@ -591,6 +621,34 @@ class TrainingRun:
         except Exception as exc:  # noqa: BLE001 - as _optional, but naming the file rather than its temporary
             self._incident(writer, "data_meta", describe_error(exc), path=path, error_type=type(exc).__name__)
 
+    def _open_tracker(self, config_dict: dict, origin: float, telemetry_before: int):
+        """The experiment trackers of tracking.backends behind one guard (thesis_lib.tracking), started:
+        fed the records the facts get, and a failing one costs a warning and an on_incident, never the run."""
+        from ..tracking import RunInfo, TelemetryTail, flat_config, open_live_mirror
+
+        csv_path = None
+        if self.resources.sampler is not None:
+            csv_path = self.resources.sampler.info().get("csv_path")
+        telemetry = None
+        if csv_path:
+            same_file = Path(csv_path) == self.run_dir / TELEMETRY_FILE
+            telemetry = TelemetryTail(Path(csv_path), telemetry_before if same_file else 0)
+        tracker = open_live_mirror(self.cfg.tracking.backends, run_dir=self.run_dir, run_id=self.run_id,
+                                   tensorboard_dir=self.cfg.tracking.tensorboard_dir, telemetry=telemetry)
+        tracker.start(flat_config(config_dict), RunInfo(
+            run_id=self.run_id, run_dir=self.run_dir, origin=origin, config_hash=config_hash(config_dict),
+            resumed_from_epoch=self.start_epoch if self.resume_state is not None else None))
+        return tracker
+
+    def _close_tracker(self) -> None:
+        """Close the trackers once the run has ended (before the caller's report); the object stays for
+        `_record_incidents`. model.pt and the run's json files are offered as artifacts."""
+        if self.tracker is None:
+            return
+        artifacts = {path.name: path for path in (self.run_dir / MODEL_FILE, self.run_dir / MODEL_INFO_FILE,
+                                                  self.run_dir / HISTORY_FILE) if path.is_file()}
+        self.tracker.close(artifacts)
+
     def _figure_monitor(self) -> Optional[FigureMonitor]:
         """Training-time figures (logging.figures) probing the first validation rows; None when off."""
         families = self.cfg.logging.figures
@@ -601,6 +659,14 @@ class TrainingRun:
         return FigureMonitor(self.run_dir, families, self.cfg.logging.figures_every_n_epochs, probe,
                              cont_features=self.meta.cont_features)
 
+
+
+def _file_size(path: Path) -> int:
+    """Bytes in `path`, 0 when it does not exist."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -10,8 +10,9 @@ listener, an object with `on_sync(point)`:
 - `DashboardView`: the live dashboard's fresh numbers (it redraws when its own clock says so);
 - `ProgressLines`: a progress line every `logging.print_every_n_steps` batches.
 
-Later additions plug in the same way: a tracker mirror (TensorBoard, MLflow) or a profiler is one
-more listener appended to `listeners`; anything that wants the run to stop (a signal handler, a
+Later additions plug in the same way: a profiler is one more listener appended to `listeners`; an
+experiment tracker (thesis_lib.tracking) gets each steps.csv row as it is made, through
+`MirroredStepRows`, which stands in for `StepRows` only when the run has a tracker; anything that wants the run to stop (a signal handler, a
 listener) calls `request_stop()`. A dashboard's Stop arrives the same way: its `control()` is
 polled in `due` after every step (its Pause blocks there, between two steps).
 
@@ -33,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Protocol
 
-__all__ = ["SyncPoint", "SyncListener", "SyncPoints", "StepRows", "DashboardView", "ProgressLines"]
+__all__ = ["SyncPoint", "SyncListener", "SyncPoints", "StepRows", "MirroredStepRows", "DashboardView", "ProgressLines"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,24 @@ class StepRows:
         """The rows since the last call."""
         rows, self.rows = self.rows, []
         return rows
+
+
+class MirroredStepRows(StepRows):
+    """StepRows that also hand each new row to `sink` (a tracker's `sync_point`) as it is made.
+
+    Used instead of StepRows only when the run mirrors to a tracker, so a run without one pays
+    nothing for it, not even a branch per sync point.
+    """
+
+    def __init__(self, origin: float, sink: Callable[[dict], None]):
+        super().__init__(origin)
+        self.sink = sink
+
+    def add(self, epoch: int, step: int, mean_loss: float, samples: int, lr: float) -> None:
+        before = len(self.rows)
+        super().add(epoch, step, mean_loss, samples, lr)
+        for row in self.rows[before:]:
+            self.sink(row)
 
 
 class DashboardView:
