@@ -24,22 +24,11 @@ from thesis_lib.reports.run_metrics import telemetry_summary
 from thesis_lib.reports.telemetry_plot import PROCESS_PANELS, TELEMETRY_PANELS
 from thesis_lib.telemetry import ScriptedBackend, TelemetrySampler, TelemetryWarning
 from thesis_lib.train import fit
+from test_telemetry import _nvml_without_library as nvml_without_library
 
 # `thesis_lib.train` the attribute is workflow's function; the module is reached through importlib.
 RESOURCES = importlib.import_module("thesis_lib.train.resources")
 NO_LIBRARY = "no NVIDIA GPU visible: NVML Shared Library Not Found"
-
-
-def nvml_without_library() -> types.SimpleNamespace:
-    """A pynvml whose nvmlInit fails as on a machine without the NVIDIA driver."""
-    class NVMLError_LibraryNotFound(Exception):
-        def __str__(self) -> str:
-            return "NVML Shared Library Not Found"
-
-    def nvml_init() -> None:
-        raise NVMLError_LibraryNotFound()
-
-    return types.SimpleNamespace(nvmlInit=nvml_init, NVMLError_LibraryNotFound=NVMLError_LibraryNotFound)
 
 
 def nvml_with_one_gpu() -> types.SimpleNamespace:

@@ -16,24 +16,9 @@ from thesis_lib.data import make_synthetic_events
 from thesis_lib.sweep import sweep
 from thesis_lib.sweep.executors import ProcessExecutor
 from thesis_lib.sweep.point import PointOutcome, PointTask
+from test_sweep import data_path, tiny_base  # noqa: F401  (the sweep tests' data and tiny base config)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def data_path(tmp_path_factory):
-    return make_synthetic_events(tmp_path_factory.mktemp("data") / "events.h5", n_events=600, n_tokens=8)
-
-
-def tiny_base(data_path, output_root):
-    return {
-        "output_root": str(output_root),
-        "data": {"path": str(data_path), "batch_size": 128},
-        "model": {"encoder": "mlp", "hidden_dim": 16, "latent_dim": 8, "vq": {"code_dim": 4, "codebook_size": 16}},
-        "trainer": {"epochs": 1, "device": "cpu"},
-        "report": {"enabled": False},
-        "telemetry": {"enabled": False},
-    }
 
 
 def sweep_script(base, grid, prelude=""):

@@ -24,21 +24,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from thesis_lib.cli import main  # noqa: E402
 from thesis_lib.config import load_config  # noqa: E402
-from thesis_lib.data import make_synthetic_events  # noqa: E402
 from thesis_lib.errors import ConfigError  # noqa: E402
 from thesis_lib.facts import read_config, read_events, read_scalars, read_steps, read_telemetry  # noqa: E402
 from thesis_lib.layout import TENSORBOARD_DIR, TRACKING_FILE  # noqa: E402
 from thesis_lib.train import fit  # noqa: E402
 
-TINY_MODEL = {"encoder": "mlp", "bottleneck": "vq", "latent_dim": 8, "hidden_dim": 32, "num_layers": 1,
-              "token_embed_dim": 4, "vq": {"codebook_size": 16, "code_dim": 4}}
-
-
-@pytest.fixture(scope="module")
-def events(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "events.h5"
-    make_synthetic_events(path, n_events=1200, seed=0, n_tokens=8)
-    return path
+from test_train import TINY_MODEL, events  # noqa: E402,F401  (the same tiny model and module-scoped data)
 
 
 def _config(events, root: Path, **tracking):
@@ -145,7 +136,7 @@ def test_the_tracking_section_accepts_only_what_works():
     cfg = load_config(None, ["tracking.backends=[tensorboard]"])
     assert cfg.tracking.backends == ["tensorboard"] and cfg.tracking.tensorboard_dir == ""
     assert load_config().tracking.backends == []
-    for bad, says in ((["tracking.backends=[mlflow]"], "tracking.backends[0]='mlflow'"),
+    for bad, says in ((["tracking.backends=[mlflow]"], "tracking.backends: 'mlflow' is not a tracking backend"),
                       (["tracking.backends=[wandb]"], "allowed: tensorboard"),
                       (["tracking.backends=[tensorbord]"], "did you mean 'tensorboard'"),
                       (["tracking.backends=tensorboard"], "tracking.backends="),

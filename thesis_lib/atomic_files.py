@@ -19,7 +19,8 @@ from typing import IO, Any, BinaryIO, Iterator
 
 from .errors import UnsafePathError
 
-__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "append_open", "check_inside", "refuse_link"]
+__all__ = ["atomic_open", "atomic_write_text", "atomic_write_bytes", "append_open", "check_inside", "refuse_link",
+           "fsync_dir"]
 
 
 def check_inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -109,7 +110,7 @@ def atomic_open(path: str | Path, *, inside: str | Path | None = None) -> Iterat
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, inside: str | Path | None = None) -> Path:
@@ -161,8 +162,8 @@ def append_open(path: str | Path, mode: str = "ab", *, inside: str | Path | None
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable; best effort, since some filesystems refuse to fsync a directory."""
+def fsync_dir(directory: Path) -> None:
+    """Make a rename into `directory` durable (for files renamed into place by a writer of their own, such as Chromium); best effort, since some filesystems refuse to fsync a directory."""
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

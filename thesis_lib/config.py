@@ -618,21 +618,7 @@ def check_figure_families(families: Iterable[str], key: str = "logging.figures")
         ConfigError: a name is not a string or not a family (the message names the key, the bad
             value, the nearest family and the allowed ones), or a name is listed twice.
     """
-    if isinstance(families, (str, bytes)):
-        raise ConfigError(f"{key}={families!r}: expected a list of family names, e.g. [{families!r}]")
-    allowed = ", ".join(FIGURE_FAMILIES)
-    names: list[str] = []
-    for name in families:
-        if not isinstance(name, str):
-            raise ConfigError(f"{key}: {name!r} is not a family name (a string); allowed: {allowed}")
-        if name not in FIGURE_FAMILIES:
-            match = did_you_mean(name, FIGURE_FAMILIES)
-            hint = f" — did you mean {match!r}?" if match else " is not a figure family;"
-            raise ConfigError(f"{key}: {name!r}{hint} allowed: {allowed}")
-        if name in names:
-            raise ConfigError(f"{key}: {name!r} is listed twice; list each family once")
-        names.append(name)
-    return tuple(names)
+    return _check_names(families, key, FIGURE_FAMILIES, "figure family")
 
 
 def check_tracking_backends(backends: Iterable[str], key: str = "tracking.backends") -> tuple[str, ...]:
@@ -641,17 +627,25 @@ def check_tracking_backends(backends: Iterable[str], key: str = "tracking.backen
     Raises:
         ConfigError: the message names the key, the bad value, the nearest backend and the allowed ones.
     """
-    if isinstance(backends, (str, bytes)):
-        raise ConfigError(f"{key}={backends!r}: expected a list of backend names, e.g. [{backends!r}]")
-    allowed = ", ".join(TRACKING_BACKENDS)
+    return _check_names(backends, key, TRACKING_BACKENDS, "tracking backend")
+
+
+def _check_names(values: Iterable[str], key: str, allowed: Sequence[str], noun: str) -> tuple[str, ...]:
+    """A config list of names, each one of `allowed` and none twice, as a tuple in the order given;
+    ConfigError naming the key, the bad value, the nearest allowed name and all of them."""
+    if isinstance(values, (str, bytes)):
+        raise ConfigError(f"{key}={values!r}: expected a list of {noun} names, e.g. [{values!r}]")
+    listed = ", ".join(allowed)
     names: list[str] = []
-    for i, name in enumerate(backends):
-        if not isinstance(name, str) or name not in TRACKING_BACKENDS:
-            match = did_you_mean(name, TRACKING_BACKENDS) if isinstance(name, str) else None
-            hint = f" — did you mean {match!r}?" if match else " is not a tracking backend;"
-            raise ConfigError(f"{key}[{i}]={name!r}{hint} allowed: {allowed}")
+    for name in values:
+        if not isinstance(name, str):
+            raise ConfigError(f"{key}: {name!r} is not a {noun} name (a string); allowed: {listed}")
+        if name not in allowed:
+            match = did_you_mean(name, allowed)
+            hint = f" — did you mean {match!r}?" if match else f" is not a {noun};"
+            raise ConfigError(f"{key}: {name!r}{hint} allowed: {listed}")
         if name in names:
-            raise ConfigError(f"{key}: {name!r} is listed twice; list each backend once")
+            raise ConfigError(f"{key}: {name!r} is listed twice; list each {noun} once")
         names.append(name)
     return tuple(names)
 

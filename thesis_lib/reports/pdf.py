@@ -64,7 +64,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
-from ..atomic_files import check_inside, refuse_link
+from ..atomic_files import check_inside, fsync_dir, refuse_link
 from ..errors import ReportError
 
 __all__ = ["PRINT_CSS", "CHROMIUM_ENV", "CHROMIUM_NAMES", "INSTALL_HINT", "find_chromium", "chromium_command",
@@ -205,7 +205,7 @@ def write_pdf(
         os.replace(tmp_pdf, pdf_path)
     finally:
         tmp_pdf.unlink(missing_ok=True)
-    _fsync_dir(pdf_path.parent)
+    fsync_dir(pdf_path.parent)
     return pdf_path
 
 
@@ -246,17 +246,3 @@ def _stderr_tail(stderr: str) -> str:
     if not lines:
         return "; it wrote nothing to stderr"
     return "; the last lines of its stderr:\n" + "\n".join(lines[-_STDERR_LINES:])
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; best effort, since some filesystems refuse to fsync a directory."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
