@@ -136,9 +136,13 @@ def test_the_tracking_section_accepts_only_what_works():
     cfg = load_config(None, ["tracking.backends=[tensorboard]"])
     assert cfg.tracking.backends == ["tensorboard"] and cfg.tracking.tensorboard_dir == ""
     assert load_config().tracking.backends == []
-    for bad, says in ((["tracking.backends=[mlflow]"], "tracking.backends: 'mlflow' is not a tracking backend"),
-                      (["tracking.backends=[wandb]"], "allowed: tensorboard"),
+    all_three = load_config(None, ["tracking.backends=[tensorboard, mlflow, wandb]"]).tracking
+    assert all_three.backends == ["tensorboard", "mlflow", "wandb"] and all_three.wandb_mode == "offline"
+    for bad, says in ((["tracking.backends=[mlflo]"], "tracking.backends: 'mlflo' — did you mean 'mlflow'?"),
+                      (["tracking.backends=[comet]"], "'comet' is not a tracking backend; allowed: tensorboard, mlflow, wandb"),
                       (["tracking.backends=[tensorbord]"], "did you mean 'tensorboard'"),
+                      (["tracking.wandb_mode=disabled"], "tracking.wandb_mode='disabled' is not a W&B mode; "
+                                                         "allowed: online, offline"),
                       (["tracking.backends=tensorboard"], "tracking.backends="),
                       (["tracking.backends=[tensorboard, tensorboard]"], "listed twice"),
                       (["tracking.mlflow_uri=x"], "unknown config key 'tracking.mlflow_uri'")):
@@ -268,4 +272,4 @@ def test_sync_names_what_it_cannot_sync(tmp_path, capsys):
     assert main(["sync", str(tmp_path / "empty"), "--to", "tensorboard"]) == 2
     assert "holds no run directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["sync", str(tmp_path), "--to", "mlflow"])
+        main(["sync", str(tmp_path), "--to", "comet"])

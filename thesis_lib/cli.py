@@ -123,7 +123,11 @@ def _cmd_sync(args: argparse.Namespace) -> int:
     """Push past runs to a tracker from their facts; 1 when a run could not be synced (each is named)."""
     from .tracking_sync import sync_runs
 
-    results = sync_runs(args.path, args.to, dry_run=args.dry_run)
+    settings = {"tensorboard_dir": args.tensorboard_dir, "mlflow_tracking_uri": args.mlflow_uri,
+                "mlflow_experiment": args.mlflow_experiment, "wandb_project": args.wandb_project,
+                "wandb_entity": args.wandb_entity, "wandb_mode": args.wandb_mode, "wandb_dir": args.wandb_dir}
+    results = sync_runs(args.path, args.to, dry_run=args.dry_run,
+                        settings={key: value for key, value in settings.items() if value is not None})
     return 0 if all(result.ok for result in results) else 1
 
 
@@ -330,9 +334,16 @@ def build_parser() -> argparse.ArgumentParser:
         "sync", help="push past runs to an experiment tracker from their facts alone (updates, never duplicates)"
     )
     sync_p.add_argument("path", help="a run directory, or a sweep (or any) directory holding runs")
-    sync_p.add_argument("--to", required=True, choices=("tensorboard",),
-                        help="the tracker (the event files go where the run's tracking.json or tracking.tensorboard_dir "
-                             "says, else into a tensorboard folder in the run directory)")
+    sync_p.add_argument("--to", required=True, choices=("tensorboard", "mlflow", "wandb"),
+                        help="the tracker; where it goes: the run's tracking.json (what a live mirror or an earlier "
+                             "sync wrote), else the flags below, else the run's own tracking section, else the defaults")
+    sync_p.add_argument("--tensorboard-dir", help="a shared TensorBoard log directory (default: <run_dir>/tensorboard)")
+    sync_p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: sqlite:///<output_root>/mlflow.db)")
+    sync_p.add_argument("--mlflow-experiment", help="MLflow experiment (default: thesis-lib)")
+    sync_p.add_argument("--wandb-project", help="W&B project (default: thesis-lib)")
+    sync_p.add_argument("--wandb-entity", help="W&B entity (default: the account's)")
+    sync_p.add_argument("--wandb-mode", choices=("online", "offline"), help="W&B mode (default: offline)")
+    sync_p.add_argument("--wandb-dir", help="where W&B keeps its files (default: the run directory)")
     sync_p.add_argument("--dry-run", action="store_true", help="print what would be written and write nothing")
     sync_p.set_defaults(func=_cmd_sync)
 

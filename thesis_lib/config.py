@@ -58,7 +58,9 @@ MODEL_PART_NAMES: dict[str, list[str]] = {
 FIGURE_FAMILIES: tuple[str, ...] = ("losses", "metrics", "latency", "lr", "recon", "codebook", "adversarial", "diffusion")
 
 # What tracking.backends accepts: the experiment trackers thesis_lib.tracking mirrors a run to.
-TRACKING_BACKENDS: tuple[str, ...] = ("tensorboard",)
+TRACKING_BACKENDS: tuple[str, ...] = ("tensorboard", "mlflow", "wandb")
+# tracking.wandb_mode: "online" streams to the W&B server; "offline" keeps the run in its directory for `wandb sync`.
+WANDB_MODES: tuple[str, ...] = ("online", "offline")
 
 
 def allow_model_part(kind: str, name: str) -> None:
@@ -274,6 +276,14 @@ class TrackingConfig:
     # "": <run_dir>/tensorboard/; else a shared log directory that gets <tensorboard_dir>/<run_id>/
     # (relative to the working directory), so `tensorboard --logdir <tensorboard_dir>` shows every run.
     tensorboard_dir: str = ""
+    # "": a local store under output_root (sqlite:///<output_root>/mlflow.db, artifacts in
+    # <output_root>/mlartifacts/); else any MLflow tracking URI (http://host:5000, databricks, ...).
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment: str = "thesis-lib"  # created when missing
+    wandb_project: str = "thesis-lib"
+    wandb_entity: str = ""  # "": the account's default entity
+    wandb_mode: str = "offline"  # "offline": kept in the run directory for `wandb sync`; "online": streamed
+    wandb_dir: str = ""  # "": the run directory (its wandb/ holds W&B's files); else a shared directory
 
 
 @dataclass
@@ -586,6 +596,8 @@ def _build(cls: type, data: Any, prefix: str):
         check_figure_families(config.figures, f"{prefix}figures")
     if cls is TrackingConfig:
         check_tracking_backends(config.backends, f"{prefix}backends")
+        if config.wandb_mode not in WANDB_MODES:
+            raise ConfigError(f"{prefix}wandb_mode={config.wandb_mode!r} is not a W&B mode; allowed: {', '.join(WANDB_MODES)}")
     if cls is TrainerConfig and not _DEVICE_PATTERN.match(config.device):
         raise ConfigError(
             f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"

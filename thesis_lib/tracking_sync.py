@@ -1,17 +1,21 @@
-"""`thesis-lib sync <run_dir|sweep_dir> --to tensorboard`: push past runs to a tracker from their facts alone.
+"""`thesis-lib sync <run_dir|sweep_dir> --to tensorboard|mlflow|wandb`: push past runs to a tracker from their facts alone.
 
 A run directory's facts are all it needs (runs from before thesis_lib.tracking existed too): the
 config (config.yaml), each scalars.csv row, each steps.csv row, each telemetry.csv row, the
 on_test_end metrics and the on_train_end status are fed, in that shape, to the same `Mirror` a live
 run feeds (thesis_lib.tracking), so a synced run and a live-mirrored one carry the same tags.
 
-Never a duplicate. The tracker's ids are kept in `<run_dir>/tracking.json`; for TensorBoard that is
-the event-file directory and the sha256 of the facts it was written from. A sync writes the run
-into a fresh directory beside it and then swaps it in (rename the old one aside, rename the new one
-in, delete the old), so the directory holds one run's events once, whether a live mirror, an
-earlier sync or nothing wrote it before. When tracking.json's sha256 equals the facts' now, the run
-is up to date and skipped. The sync holds the run's writer lock (thesis_lib.run_lock) while it
-writes, so a run still training (and mirroring live) is skipped, named, rather than swapped under it.
+Never a duplicate. The tracker's ids are kept in `<run_dir>/tracking.json`, with the sha256 of the
+facts a sync wrote from; when it equals the facts' now, the run is up to date and skipped.
+- TensorBoard (the ids: the event-file directory): a sync writes the run into a fresh directory
+  beside it and then swaps it in (rename the old one aside, rename the new one in, delete the old),
+  so the directory holds one run's events once, whether a live mirror, an earlier sync or nothing
+  wrote it before.
+- MLflow and W&B (the ids: the tracker's run id, store, project): their runs cannot be swapped, so
+  the mirror is built with the recorded ids and continues that run, sending only what it does not
+  hold yet (`Mirror.resumable`); a live-mirrored run, synced, gains what the live mirror missed.
+The sync holds the run's writer lock (thesis_lib.run_lock) while it writes, so a run still training
+(and mirroring live) is skipped, named, rather than written under it.
 This module sits above the facts readers (layer 10); the live mirror sits below the loop (layer 7).
 """
 
@@ -30,26 +34,27 @@ from .errors import FactsError, RunLockedError, ThesisLibError
 from .facts import discover_runs, read_config, read_events, read_scalars, read_steps, read_telemetry
 from .layout import CONFIG_FILE, EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE
 from .run_lock import hold_run_lock
-from .tracking import (RunInfo, flat_config, make_mirror, read_tracking_ids, recorded_logdir, tensorboard_logdir,
-                       write_tracking_ids)
+from .tracking import (RunInfo, flat_config, make_mirror, mirror_class, read_tracking_ids, recorded_logdir,
+                       run_artifacts, tensorboard_logdir, tracking_settings, write_tracking_ids)
 
 __all__ = ["SYNC_TARGETS", "SyncResult", "sync_runs", "sync_run"]
 
 # What `--to` accepts: the trackers a run can be pushed to from its facts.
-SYNC_TARGETS = ("tensorboard",)
+SYNC_TARGETS = ("tensorboard", "mlflow", "wandb")
 # Part of the fingerprint: a thesis-lib that names or writes tags differently re-syncs every run.
-_FORMAT = "thesis-lib tensorboard sync 1"
+_FORMAT = "thesis-lib tracker sync 1"
 _FINGERPRINTED = (CONFIG_FILE, EVENTS_FILE, SCALARS_FILE, STEPS_FILE, TELEMETRY_FILE)
 _ALIASES = ("train_loss", "val_loss")  # read_scalars' conveniences, not columns of the file
 
 
 @dataclass
 class SyncResult:
-    """What happened to one run: action is wrote, replaced, up to date, would write, would replace or skipped."""
+    """What happened to one run: action is wrote, replaced, updated, up to date, would write, would replace,
+    would update or skipped; `where` is the tracker's copy (a directory, a run id, a store)."""
 
     run_dir: Path
     action: str
-    logdir: Optional[Path] = None
+    logdir: Optional[Path | str] = None
     counts: dict = field(default_factory=dict)
     reason: str = ""
 
@@ -65,8 +70,8 @@ class SyncResult:
         return f"{self.run_dir}: {self.action}{where}{detail}{reason}"
 
 
-def _fingerprint(run_dir: Path) -> str:
-    digest = hashlib.sha256(_FORMAT.encode())
+def _fingerprint(run_dir: Path, to: str) -> str:
+    digest = hashlib.sha256(f"{_FORMAT} {to}".encode())
     for name in _FINGERPRINTED:
         path = run_dir / name
         digest.update(f"\0{name}\0".encode())
@@ -117,7 +122,7 @@ def _counts(records: dict) -> dict:
             "config keys": len(flat_config(records["config"]))}
 
 
-def _feed(mirror, records: dict) -> None:
+def _feed(mirror, records: dict, artifacts: Optional[dict] = None) -> None:
     """The records in the order a live run hands them over: start, steps and epochs, telemetry, test, end."""
     mirror.start(flat_config(records["config"]), records["run"])
     for row in records["steps"]:
@@ -130,7 +135,7 @@ def _feed(mirror, records: dict) -> None:
         mirror.test(records["test"]["metrics"], records["test"].get("epoch"))
     if records["end"] is not None:
         mirror.end(str(records["end"].get("status")), str(records["end"].get("stop_reason")))
-    mirror.close({})
+    mirror.close(artifacts or {})
 
 
 def _swap_in(fresh: Path, logdir: Path, token: str) -> None:
@@ -149,8 +154,13 @@ def _swap_in(fresh: Path, logdir: Path, token: str) -> None:
         shutil.rmtree(aside, ignore_errors=True)
 
 
-def sync_run(run_dir: os.PathLike | str, to: str = "tensorboard", *, dry_run: bool = False) -> SyncResult:
-    """Push one run to tracker `to` from its facts (see the module doc); never raises for a run's own state."""
+def sync_run(run_dir: os.PathLike | str, to: str = "tensorboard", *, dry_run: bool = False,
+             settings: Optional[dict] = None) -> SyncResult:
+    """Push one run to tracker `to` from its facts (see the module doc); never raises for a run's own state.
+
+    `settings`: tracking-section keys (mlflow_tracking_uri, wandb_project, ...) over the run's own
+    config.yaml `tracking` section (a run from before it: the defaults).
+    """
     if to not in SYNC_TARGETS:
         raise ThesisLibError(f"sync --to {to!r}: not a tracker; allowed: {', '.join(SYNC_TARGETS)}")
     run_dir = Path(run_dir)
@@ -161,9 +171,16 @@ def sync_run(run_dir: os.PathLike | str, to: str = "tensorboard", *, dry_run: bo
     run = records["run"]
     ids = read_tracking_ids(run_dir).get(to, {})
     tracking = records["config"].get("tracking") if isinstance(records["config"].get("tracking"), dict) else {}
-    logdir = recorded_logdir(run_dir, ids) or tensorboard_logdir(run_dir, run.run_id, tracking.get("tensorboard_dir"))
-    fingerprint = _fingerprint(run_dir)
+    settings = tracking_settings(tracking, settings)
+    fingerprint = _fingerprint(run_dir, to)
     counts = _counts(records)
+    try:
+        resumable = mirror_class(to).resumable
+    except ImportError as exc:
+        return SyncResult(run_dir, "skipped", reason=f"{type(exc).__name__}: {exc}")
+    if resumable:
+        return _sync_resumable(run_dir, to, records, ids, settings, fingerprint, counts, dry_run)
+    logdir = recorded_logdir(run_dir, ids) or tensorboard_logdir(run_dir, run.run_id, settings["tensorboard_dir"])
     if ids.get("facts_sha256") == fingerprint and logdir.is_dir():
         return SyncResult(run_dir, "up to date", logdir, reason="tracking.json's facts_sha256 matches the facts")
     exists = logdir.exists()
@@ -175,7 +192,7 @@ def sync_run(run_dir: os.PathLike | str, to: str = "tensorboard", *, dry_run: bo
         with hold_run_lock(run_dir, f"syncing to {to}"):
             logdir.parent.mkdir(parents=True, exist_ok=True)
             try:
-                _feed(make_mirror(to, run_dir=run_dir, run_id=run.run_id, logdir=fresh), records)
+                _feed(make_mirror(to, run_dir=run_dir, run_id=run.run_id, settings=settings, logdir=fresh), records)
                 _swap_in(fresh, logdir, token)
             finally:
                 shutil.rmtree(fresh, ignore_errors=True)
@@ -187,8 +204,29 @@ def sync_run(run_dir: os.PathLike | str, to: str = "tensorboard", *, dry_run: bo
     return SyncResult(run_dir, "replaced" if exists else "wrote", logdir, counts)
 
 
+def _sync_resumable(run_dir: Path, to: str, records: dict, ids: dict, settings: dict, fingerprint: str,
+                    counts: dict, dry_run: bool) -> SyncResult:
+    """MLflow, W&B: continue the tracker run tracking.json names (or open one), sending what it lacks."""
+    where = ids.get("run_id")
+    if ids.get("facts_sha256") == fingerprint and where:
+        return SyncResult(run_dir, "up to date", where, reason="tracking.json's facts_sha256 matches the facts")
+    if dry_run:
+        return SyncResult(run_dir, "would update" if where else "would write", where, counts)
+    try:
+        with hold_run_lock(run_dir, f"syncing to {to}"):
+            mirror = make_mirror(to, run_dir=run_dir, run_id=records["run"].run_id, settings=settings, previous=ids)
+            _feed(mirror, records, run_artifacts(run_dir))
+            mirror_ids = mirror.ids()
+            write_tracking_ids(run_dir, to, {**mirror_ids, "written_by": "sync", "facts_sha256": fingerprint})
+    except RunLockedError as exc:
+        return SyncResult(run_dir, "skipped", where, reason=f"the run is being written ({exc})")
+    except Exception as exc:  # noqa: BLE001 - a tracker's own errors (a server, a store) name this run, the sweep goes on
+        return SyncResult(run_dir, "skipped", where, reason=f"{type(exc).__name__}: {exc}")
+    return SyncResult(run_dir, "updated" if where else "wrote", mirror_ids.get("run_id"), counts)
+
+
 def sync_runs(path: os.PathLike | str, to: str = "tensorboard", *, dry_run: bool = False,
-              echo: Optional[Callable[[str], None]] = print) -> list[SyncResult]:
+              settings: Optional[dict] = None, echo: Optional[Callable[[str], None]] = print) -> list[SyncResult]:
     """Sync a run directory, or every run under a sweep directory; `echo` gets one line per run.
 
     Raises:
@@ -200,7 +238,7 @@ def sync_runs(path: os.PathLike | str, to: str = "tensorboard", *, dry_run: bool
         raise FactsError(f"{path} holds no run directory (a run has {EVENTS_FILE})")
     results = []
     for run_dir in run_dirs:
-        result = sync_run(run_dir, to, dry_run=dry_run)
+        result = sync_run(run_dir, to, dry_run=dry_run, settings=settings)
         if echo is not None:
             echo(("[dry run] " if dry_run else "") + result.line())
         results.append(result)

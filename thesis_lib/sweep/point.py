@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 
 from ..errors import DataError, FactsError, RunLockedError
 from ..facts import read_config, read_events, run_status
-from ..layout import DRIVER_NOTEBOOK, RUNS_DIR, SWEEP_LOCKS_DIR, SWEEP_NOTEBOOKS_DIR, sanitize_run_name
+from ..layout import DRIVER_NOTEBOOK, EVENTS_FILE, RUNS_DIR, SWEEP_LOCKS_DIR, SWEEP_NOTEBOOKS_DIR, sanitize_run_name
 from ..run_lock import hold_lock
 from .grid import point_config_hash
 
@@ -130,14 +130,14 @@ def _execute_claimed(task: PointTask, started: float) -> PointOutcome:
         for module in task.imports:  # a spawned or Dask worker has thesis-lib's own model parts only
             importlib.import_module(module)
         if task.via == "notebook":
-            status, run_dir, error, reason = _run_notebook(task)
+            status, run_dir, error, reason = _run_notebook(task, started)
         else:
             status, run_dir, error, reason = _run_function(task)
     except Exception as exc:  # noqa: BLE001 - a point's failure is data for the sweep, not a crash of it
         status, reason, error = "FAILED", f"exception: {type(exc).__name__}", f"{type(exc).__name__}: {exc}"
         tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:]).rstrip()
         print(f"[sweep] point {task.name} failed: {error}")
-        run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids)
+        run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids, since=started)
     return PointOutcome(task.name, status, str(run_dir) if run_dir else None, error, time.time() - started, reason,
                         tail)
 
@@ -153,7 +153,7 @@ def _run_function(task: PointTask) -> tuple[str, Optional[Path], Optional[str], 
     return result.status, Path(result.run_dir), error, result.stop_reason
 
 
-def _run_notebook(task: PointTask) -> tuple[str, Optional[Path], Optional[str], Optional[str]]:
+def _run_notebook(task: PointTask, started: float) -> tuple[str, Optional[Path], Optional[str], Optional[str]]:
     """Execute the driver notebook for the point; keep the executed copy in its run directory."""
     import papermill
 
@@ -182,7 +182,7 @@ def _run_notebook(task: PointTask) -> tuple[str, Optional[Path], Optional[str], 
         )
     except papermill.PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
-    run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids)
+    run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids, since=started)
     if run_dir is None:
         kept = f" (executed notebook: {executed})" if executed.is_file() else ""
         return "FAILED", None, (error or "the notebook finished without creating a run directory") + kept, None
@@ -235,8 +235,11 @@ def _newest_first(run_dir: Path) -> tuple:
         return run_dir.name[:19], 0.0
 
 
-def find_new_run_dir(sweep_dir: str | Path, name: str, known_run_ids: Iterable[str]) -> Optional[Path]:
-    """The newest run of point `name` under `<sweep_dir>/runs/` not among `known_run_ids`, or None.
+def find_new_run_dir(sweep_dir: str | Path, name: str, known_run_ids: Iterable[str],
+                     since: Optional[float] = None) -> Optional[Path]:
+    """The run the point just wrote: the newest run of point `name` under `<sweep_dir>/runs/` not among
+    `known_run_ids`; else, with `since` (when the point started), a known run whose events were written
+    since then (the point resumed it: `trainer.resume_from="auto"`); else None.
 
     Run ids hold the point name sanitised and cut to 64 characters, so two points can share an
     id pattern; the run's config.yaml, whose run_name is the point's full name, decides.
@@ -245,10 +248,23 @@ def find_new_run_dir(sweep_dir: str | Path, name: str, known_run_ids: Iterable[s
     pattern = re.compile(rf"^run_\d{{8}}-\d{{6}}_{re.escape(sanitize_run_name(name))}_[0-9a-f]{{4}}$")
     known = set(known_run_ids)
     try:
-        fresh = [p for p in runs.iterdir() if pattern.match(p.name) and p.name not in known and _run_name(p) == name]
+        mine = [p for p in runs.iterdir() if pattern.match(p.name) and _run_name(p) == name]
     except FileNotFoundError:
         return None
-    return max(fresh, key=lambda p: (p.name[:19], p.stat().st_mtime)) if fresh else None
+    fresh = [p for p in mine if p.name not in known]
+    if fresh:
+        return max(fresh, key=lambda p: (p.name[:19], p.stat().st_mtime))
+    if since is None:
+        return None
+    resumed = [(mtime, p) for p in mine if (mtime := _events_mtime(p)) is not None and mtime >= since]
+    return max(resumed)[1] if resumed else None
+
+
+def _events_mtime(run_dir: Path) -> Optional[float]:
+    try:
+        return (run_dir / EVENTS_FILE).stat().st_mtime
+    except OSError:
+        return None
 
 
 def _run_name(run_dir: Path) -> Optional[str]:

@@ -5,8 +5,10 @@ under `runs/<run_id>/`, so `load_runs(sweep_dir=...)` reads them. `sweep.yaml` i
 atomically after every point, so a killed sweep still says which points finished.
 
 Re-running the same sweep (same name, same spec hash) reuses the latest such directory and
-skips every point whose run there ended COMPLETED, or STOPPED by early stopping; failed,
-crashed and interrupted points run again. sweep.yaml's `executor` and `via` at the top stay those
+skips every point whose run there ended COMPLETED, or STOPPED by early stopping; the others run
+again with `trainer.resume_from="auto"` (thesis_lib.facts.resume): a point whose run CRASHED or was
+STOPPED by a signal (a killed or requeued batch job, Ctrl-C) continues that run from its last.pt in
+the same run directory, and a FAILED point (or one that never saved a checkpoint) starts a new run. sweep.yaml's `executor` and `via` at the top stay those
 of the sweep's first run; each point records what ran its run (`executor`, `via`: a skipped point
 keeps the earlier run's, None where another process ran it), so a re-run with another executor
 never rewrites how the completed points were run.
@@ -37,7 +39,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import yaml
 
 from ..shipped import shipped_notebook
-from ..config import Config
+from ..config import AUTO_RESUME, Config
 from ..durations import format_duration
 from ..errors import ConfigError, FactsError
 from ..facts import read_config, read_events, run_status
@@ -142,8 +144,8 @@ def sweep(
     base_dict = resolve_base(base, overrides)
     if base_dict["trainer"]["resume_from"]:
         raise ConfigError(f"trainer.resume_from={base_dict['trainer']['resume_from']!r} in a sweep's base config: "
-                          "every point would continue the same run; a re-run of the sweep resumes by skipping "
-                          "completed points instead")
+                          "every point would continue the same run; a re-run of the sweep skips its completed "
+                          "points and resumes its unfinished ones by itself")
     points = expand_grid(base_dict, grid, seeds)
     imports = worker_imports((p.config for p in points), executor)  # refuses a model part workers cannot import
     seeds_used = list(dict.fromkeys(p.seed for p in points))
@@ -235,6 +237,7 @@ def _plan(points: list[SweepPoint], directory: Path, via: str, notebook: str,
                                    config_hash=point.config_hash))
         config = copy.deepcopy(point.config)
         config["output_root"], config["run_name"] = str(directory), point.name
+        config["trainer"]["resume_from"] = AUTO_RESUME  # an unfinished earlier run of the point continues
         marker = f"_{sanitize_run_name(point.name)}_"
         tasks.append(PointTask(point.name, config, via, str(directory), notebook if via == "notebook" else None,
                                known_run_ids=tuple(r for r in run_ids if marker in r),

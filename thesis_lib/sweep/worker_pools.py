@@ -285,6 +285,6 @@ def _check_workers(max_workers: int) -> int:
 
 def _lost_outcome(task: PointTask, started: float, reason: str, status: str = "CRASHED") -> PointOutcome:
     """The outcome of a point whose worker never reported back; its run directory is found on disk."""
-    run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids)
+    run_dir = find_new_run_dir(task.sweep_dir, task.name, task.known_run_ids, since=started)
     return PointOutcome(task.name, status, str(run_dir) if run_dir else None, f"{status}: {reason}",
                         time.time() - started, reason)

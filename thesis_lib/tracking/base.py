@@ -19,6 +19,7 @@ An empty cell (a value not measured) or a non-finite value is not written.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import json
 import math
 import numbers
@@ -26,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from ..config import flatten_dict
+from ..config import TrackingConfig, flatten_dict
+from ..layout import HISTORY_FILE, MODEL_FILE, MODEL_INFO_FILE, REPORT_HTML, REPORT_MARKDOWN, REPORT_PDF, RUN_REPORT_DIR
 
 __all__ = ["Mirror", "RunInfo", "flat_config", "epoch_scalars", "step_scalars", "telemetry_scalars",
-           "test_scalars", "telemetry_step"]
+           "test_scalars", "telemetry_step", "tracking_settings", "run_artifacts", "output_root_of"]
 
 # Columns that place a row (they are its key or its x axis), not numbers to plot.
 _EPOCH_ROW_KEYS = ("epoch", "split")
@@ -58,6 +60,10 @@ class Mirror(abc.ABC):
     """
 
     name: str = ""
+    # False: `thesis-lib sync` rebuilds the tracker's copy whole and swaps it in (TensorBoard's event
+    # directory). True: built with the run's tracking.json entry (`previous`), the mirror continues that
+    # tracker run and sends only what it does not hold yet (MLflow, W&B: their runs cannot be swapped).
+    resumable: bool = False
 
     @abc.abstractmethod
     def start(self, config: Mapping[str, Any], run: RunInfo) -> None:
@@ -152,3 +158,31 @@ def test_scalars(metrics: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
         number = _number(value)
         if number is not None:
             yield f"test/{name}", number
+
+
+def tracking_settings(*layers: Optional[Mapping[str, Any]]) -> dict:
+    """The tracking section's settings, defaults first, then each layer's known keys over them (a
+    run's config.yaml `tracking`, then the sync command's flags); a run from before the section gets
+    the defaults."""
+    settings = dataclasses.asdict(TrackingConfig())
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key in settings and value is not None:
+                settings[key] = value
+    return settings
+
+
+def output_root_of(run_dir: Path) -> Path:
+    """The output_root a run directory lives under (`<output_root>/runs/<run_id>/`)."""
+    return Path(run_dir).resolve().parent.parent
+
+
+def run_artifacts(run_dir: Path) -> dict[str, Path]:
+    """The files a tracker that stores files gets (name -> path), those that exist: the model, its
+    info and history, and the rendered report (a live run closes its trackers after the report)."""
+    run_dir = Path(run_dir)
+    candidates = {MODEL_FILE: run_dir / MODEL_FILE, MODEL_INFO_FILE: run_dir / MODEL_INFO_FILE,
+                  HISTORY_FILE: run_dir / HISTORY_FILE,
+                  **{f"{RUN_REPORT_DIR}/{name}": run_dir / RUN_REPORT_DIR / name
+                     for name in (REPORT_HTML, REPORT_MARKDOWN, REPORT_PDF)}}
+    return {name: path for name, path in candidates.items() if path.is_file()}

@@ -218,28 +218,28 @@ class TrainingRun:
                 self.signals.phase = "finishing"
                 telemetry = self.resources.stop()
             total_time = time.time() - started
-            try:
+            try:  # the trackers close after the report (it goes up as an artifact), or on the way out
                 test_metrics = self._finish(writer, status, reason, error, total_time, telemetry)
+                result = RunResult(
+                    run_dir=run_dir,
+                    run_id=run_id,
+                    status=status,
+                    stop_reason=reason,
+                    best_epoch=self.best_epoch,
+                    best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
+                    test_metrics=test_metrics,
+                    epochs_completed=len(self.history.epochs),
+                    stop_signal=self.signals.signum if reason == self.signals.stop_reason else None,
+                )
+                if self.dashboard is not None:
+                    self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
+                                                           "epochs_completed": result.epochs_completed,
+                                                           "total_time_s": total_time, "run_dir": str(run_dir)})
+                self._close_dashboard()  # before `finish`: its lines and the summary reach the console again
+                if self.finish is not None:
+                    self._run_finish(writer)
             finally:
                 self._close_tracker()
-            result = RunResult(
-                run_dir=run_dir,
-                run_id=run_id,
-                status=status,
-                stop_reason=reason,
-                best_epoch=self.best_epoch,
-                best_val_loss=self.best_val_loss if self.best_epoch is not None else None,
-                test_metrics=test_metrics,
-                epochs_completed=len(self.history.epochs),
-                stop_signal=self.signals.signum if reason == self.signals.stop_reason else None,
-            )
-            if self.dashboard is not None:
-                self.dashboard.on_end(status, reason, {"best_epoch": self.best_epoch, "best_val_loss": result.best_val_loss,
-                                                       "epochs_completed": result.epochs_completed,
-                                                       "total_time_s": total_time, "run_dir": str(run_dir)})
-            self._close_dashboard()  # before `finish`: its lines and the summary reach the console again
-            if self.finish is not None:
-                self._run_finish(writer)
             self._record_incidents(writer)
         print(f"[{run_id}] {status} ({reason}) best epoch {self.best_epoch} val {_fmt(result.best_val_loss)} -> {run_dir}")
         if error is not None:
@@ -634,20 +634,20 @@ class TrainingRun:
             same_file = Path(csv_path) == self.run_dir / TELEMETRY_FILE
             telemetry = TelemetryTail(Path(csv_path), telemetry_before if same_file else 0)
         tracker = open_live_mirror(self.cfg.tracking.backends, run_dir=self.run_dir, run_id=self.run_id,
-                                   tensorboard_dir=self.cfg.tracking.tensorboard_dir, telemetry=telemetry)
+                                   settings=dataclasses.asdict(self.cfg.tracking), telemetry=telemetry)
         tracker.start(flat_config(config_dict), RunInfo(
             run_id=self.run_id, run_dir=self.run_dir, origin=origin, config_hash=config_hash(config_dict),
             resumed_from_epoch=self.start_epoch if self.resume_state is not None else None))
         return tracker
 
     def _close_tracker(self) -> None:
-        """Close the trackers once the run has ended (before the caller's report); the object stays for
-        `_record_incidents`. model.pt and the run's json files are offered as artifacts."""
+        """Close the trackers once the run has ended and its report is rendered, so model.pt and the report
+        go up as artifacts (`run_artifacts`); idempotent, and the object stays for `_record_incidents`."""
         if self.tracker is None:
             return
-        artifacts = {path.name: path for path in (self.run_dir / MODEL_FILE, self.run_dir / MODEL_INFO_FILE,
-                                                  self.run_dir / HISTORY_FILE) if path.is_file()}
-        self.tracker.close(artifacts)
+        from ..tracking import run_artifacts
+
+        self.tracker.close(run_artifacts(self.run_dir))
 
     def _figure_monitor(self) -> Optional[FigureMonitor]:
         """Training-time figures (logging.figures) probing the first validation rows; None when off."""
