@@ -188,8 +188,12 @@ _SOMETIMES = {
     f"{layout.RUN_REPORT_DIR}/{layout.REPORT_PDF}": "report.pdf: true, or thesis-lib report run --pdf",
     f"{layout.EXPORTS_DIR}/{layout.TORCHSCRIPT_EXPORT}": "thesis-lib export --format torchscript",
     f"{layout.EXPORTS_DIR}/{layout.ONNX_EXPORT}": "thesis-lib export --format onnx",
+    f"{layout.EXPORTS_DIR}/{layout.SERVING_TORCHSCRIPT_EXPORT}": "thesis-lib export --format serving",
+    f"{layout.EXPORTS_DIR}/{layout.SERVING_ONNX_EXPORT}": "thesis-lib export --format serving",
     layout.TENSORBOARD_DIR: "tracking.backends=[tensorboard], or thesis-lib sync --to tensorboard",
     layout.TRACKING_FILE: "tracking.backends not empty, or thesis-lib sync",
+    **{path: "trainer.profile.enabled" for path in (layout.PROFILE_DIR, layout.PROFILE_TRACE, layout.PROFILE_INFO,
+                                                     layout.PROFILE_TOP_OPS_TEXT, layout.PROFILE_TOP_OPS_CSV)},
 }
 
 

@@ -77,7 +77,7 @@ def test_every_name_a_config_may_choose_has_a_builder_and_no_builder_is_unknown_
 def test_registry_names_are_populated_by_importing_the_package():
     assert registry.names("encoder") == ("cnn", "gnn", "mlp", "resnet", "transformer")
     assert registry.names("bottleneck") == ("identity", "linear", "vq")
-    assert registry.names("decoder") == ("mlp",)
+    assert registry.names("decoder") == ("gnn", "mlp")
     assert registry.names("task") == ("autoencoder", "classifier", "diffusion_autoencoder", "gan_autoencoder")
 
 

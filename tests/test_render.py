@@ -29,7 +29,7 @@ from thesis_lib.reports.template_exec import RUN_REPORT_TEMPLATE, run_template, 
 pytest_plugins = ("report_fixtures",)
 
 HEADINGS = ["## Executive summary", "## Key metrics", "## Configuration", "## Dataset", "## Training curves", "## Telemetry",
-            "## Findings", "## Test metrics", "## Log tail"]
+            "## Profile", "## Findings", "## Test metrics", "## Log tail"]
 TEMPLATES = {"run_report": RUN_REPORT_TEMPLATE, "sweep_report": SWEEP_REPORT_TEMPLATE}
 # Run-provided strings that must come out as text: in config.yaml (so in the configuration table) and the log.
 HOSTILE_OPTIMIZER = "**x**|y"

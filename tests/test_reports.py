@@ -128,7 +128,8 @@ def test_key_metrics_of_a_gpu_run_are_the_hand_written_numbers(tmp_path):
         assert line in markdown, line
     headings = [line for line in markdown.splitlines() if line.startswith("#")]
     assert headings == [f"# Run report: {RUN_ID}", "## Executive summary", "## Key metrics", "## Configuration", "## Dataset",
-                        "## Training curves", "## Telemetry", "## Findings", "## Test metrics", "## Log tail"]
+                        "## Training curves", "## Telemetry", "## Profile", "## Findings", "## Test metrics",
+                        "## Log tail"]
 
 
 def test_configuration_snapshot_and_log_tail(tmp_path):
@@ -149,7 +150,8 @@ def test_a_section_reads_the_same_alone_and_in_the_whole_report(tmp_path):
     report = load_run_report(write_run(tmp_path))
     images = {"telemetry": "telemetry.png", "curves": "curves.png"}
     names = template_sections(RUN_REPORT_TEMPLATE)
-    assert names == ["title", "summary", "metrics", "configuration", "dataset", "curves", "telemetry", "findings", "test", "log"]
+    assert names == ["title", "summary", "metrics", "configuration", "dataset", "curves", "telemetry", "profile", "findings",
+                     "test", "log"]
     assert report.to_markdown(images) == "\n".join(report.section(name, images) for name in names)
 
 

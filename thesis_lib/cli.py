@@ -113,7 +113,8 @@ def _cmd_report_run(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    paths = export_model(args.run_dir, args.formats, output_dir=args.output_dir, opset=args.opset)
+    paths = export_model(args.run_dir, args.formats, output_dir=args.output_dir, opset=args.opset,
+                         data_path=args.data_path, recordings_dir=args.recordings_dir)
     for key, path in paths.items():
         print(f"{key}: {path}")
     return 0
@@ -155,9 +156,81 @@ def _add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.Argum
                         help="function: call train(); notebook: run notebooks/train.ipynb through papermill")
     parser.add_argument("--notebook", help="the driver notebook for --via notebook (default: notebooks/train.ipynb)")
     parser.add_argument("--sweep-dir", help="use this sweep directory (it must hold the same sweep, if any)")
+    jobs = parser.add_argument_group(
+        "batch jobs (--executor slurm or htcondor; each job runs one point at a time)",
+        "Unset options come from dask-jobqueue's configuration (~/.config/dask/jobqueue.yaml) where it has them.")
+    jobs.add_argument("--cores", type=int, help="CPU cores per job (default 1)")
+    jobs.add_argument("--memory", help="memory per job, e.g. 16GB (default 4GB)")
+    jobs.add_argument("--gpus", type=int, help="GPUs per job (SLURM --gres=gpu:N, HTCondor request_gpus)")
+    jobs.add_argument("--walltime", help="time limit per job, e.g. 04:00:00 or 1-00:00:00")
+    jobs.add_argument("--partition", help="SLURM partition")
+    jobs.add_argument("--queue", help="SLURM partition (the same as --partition)")
+    jobs.add_argument("--account", help="account charged (SLURM -A, HTCondor accounting_group)")
+    jobs.add_argument("--disk", help="HTCondor: scratch disk per job, e.g. 10GB (default 1GB)")
+    jobs.add_argument("--job-directive", action="append", metavar="DIRECTIVE",
+                      help="one more batch directive (repeatable): SLURM an sbatch option such as "
+                           "--job-directive=--constraint=a100, HTCondor a submit command KEY=VALUE such as "
+                           "'requirements=(CUDACapability >= 8.0)'")
+    jobs.add_argument("--max-jobs", type=int, help="jobs submitted at most (default: one per point to run)")
+    jobs.add_argument("--dry-run", action="store_true",
+                      help="check the sweep and print the job script; submit nothing, write nothing")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the base config, e.g. trainer.epochs=5")
     parser.set_defaults(func=_cmd_sweep)
     return parser
+
+
+# `thesis-lib sweep` flag -> batch executor option (thesis_lib.sweep.batch_jobs.BATCH_OPTIONS).
+_BATCH_FLAGS = {"cores": "--cores", "memory": "--memory", "gpus": "--gpus", "walltime": "--walltime",
+                "partition": "--partition", "queue": "--queue", "account": "--account", "disk": "--disk",
+                "job_extra_directives": "--job-directive", "max_jobs": "--max-jobs"}
+
+
+def _batch_options(args: argparse.Namespace) -> dict | None:
+    """The executor options the flags give (None when none is given); ConfigError naming a flag that has no
+    meaning for the chosen --executor."""
+    from .sweep.batch_jobs import BATCH_EXECUTORS, misfit_reason, options_for
+
+    dest = {"job_extra_directives": "job_directive"}
+    given = {name: getattr(args, dest.get(name, name)) for name in _BATCH_FLAGS}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.executor not in BATCH_EXECUTORS:
+        flags = [_BATCH_FLAGS[name] for name in given] + (["--dry-run"] if args.dry_run else [])
+        if flags:
+            raise ConfigError(f"{', '.join(flags)}: batch job options, which have no meaning for --executor "
+                              f"{args.executor}: use --executor slurm or --executor htcondor")
+        return None
+    for flag, value in (("--max-workers", args.max_workers), ("--scheduler", args.scheduler)):
+        if value is not None:
+            raise ConfigError(f"{flag} has no meaning for --executor {args.executor} (it is for process and dask); "
+                              "the number of jobs is --max-jobs")
+    allowed = options_for(args.executor)
+    for name in given:
+        if name not in allowed:
+            raise ConfigError(f"{_BATCH_FLAGS[name]} has no meaning for --executor {args.executor}"
+                              f"{misfit_reason(args.executor, name)}; --executor {args.executor} takes "
+                              + ", ".join(_BATCH_FLAGS[n] for n in _BATCH_FLAGS if n in allowed))
+    if args.executor == "htcondor" and "job_extra_directives" in given:
+        given["job_extra_directives"] = dict(_pairs(given["job_extra_directives"], "--job-directive"))
+    return given or None
+
+
+def _sweep_dry_run(args: argparse.Namespace, grid: dict, seeds, options: dict | None) -> int:
+    """`thesis-lib sweep --dry-run`: every point's config and the executor options checked, the job script
+    printed; nothing submitted, nothing written."""
+    from .sweep.batch_jobs import job_script
+    from .sweep.executors import worker_imports
+    from .layout import SWEEP_JOB_LOGS_DIR
+    from .sweep.grid import expand_grid, resolve_base
+
+    points = expand_grid(resolve_base(args.config, args.overrides), grid, seeds)
+    worker_imports((p.config for p in points), args.executor)
+    script = job_script(args.executor, options)
+    jobs = min(len(points), (options or {}).get("max_jobs") or len(points))
+    print(f"# dry run: {len(points)} points would run on {jobs} {args.executor} job(s) like this one, each "
+          f"running one point at a time; its output would go to <sweep directory>/{SWEEP_JOB_LOGS_DIR}/. Nothing "
+          "was submitted or written.")
+    print(script)
+    return 0
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -166,9 +239,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     grid = dict(parse_grid_arg(item) for item in args.grid)
     seeds = parse_seeds_arg(args.seeds) if args.seeds else None
+    options = _batch_options(args)
+    if args.dry_run:
+        return _sweep_dry_run(args, grid, seeds, options)
     result = sweep(args.config, grid, seeds, name=args.name, executor=args.executor, max_workers=args.max_workers,
-                   scheduler=args.scheduler, via=args.via, sweep_dir=args.sweep_dir, overrides=args.overrides,
-                   notebook=args.notebook)
+                   scheduler=args.scheduler, executor_options=options, via=args.via, sweep_dir=args.sweep_dir,
+                   overrides=args.overrides, notebook=args.notebook)
     return 0 if result.ok else 1
 
 
@@ -321,13 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import EXPORT_FORMATS
 
     export_p = commands.add_parser(
-        "export", help="export a run's best model (state_dict, TorchScript, ONNX), each checked against the eager model"
+        "export", help="export a run's best model (state_dict, TorchScript, ONNX, or a serving model taking raw "
+                       "waveforms), each checked against the eager model"
     )
     export_p.add_argument("run_dir", help="the run directory (config.yaml, data_meta.json, model.pt)")
     export_p.add_argument("--format", dest="formats", action="append", choices=EXPORT_FORMATS,
-                          help="a format to write; repeat for several (default: all, onnx when its packages are installed)")
+                          help="a format to write; repeat for several (default: state_dict, torchscript and onnx when "
+                               "its packages are installed; serving: TorchScript + ONNX from raw waveform segments, "
+                               "for runs on prepare_spectrograms output, checked on the test recordings)")
     export_p.add_argument("--output-dir", help="where the files go (default: <run_dir>/exports)")
     export_p.add_argument("--opset", type=int, help="ONNX opset version (default: torch's own)")
+    export_p.add_argument("--data-path", help="serving: the spectrogram file (default: the run's data.path)")
+    export_p.add_argument("--recordings-dir", help="serving: read the test recordings from here (default: the paths "
+                                                   "the spectrogram file records)")
     export_p.set_defaults(func=_cmd_export)
 
     sync_p = commands.add_parser(

@@ -29,6 +29,7 @@ __all__ = [
     "AdversarialConfig",
     "OptimConfig",
     "TrainerConfig",
+    "ProfileConfig",
     "TelemetryConfig",
     "ReportConfig",
     "LoggingConfig",
@@ -48,7 +49,7 @@ __all__ = [
 MODEL_PART_NAMES: dict[str, list[str]] = {
     "encoder": ["cnn", "gnn", "mlp", "resnet", "transformer"],
     "bottleneck": ["identity", "linear", "vq"],
-    "decoder": ["mlp"],
+    "decoder": ["gnn", "mlp"],
     "task": ["autoencoder", "classifier", "diffusion_autoencoder", "gan_autoencoder"],
 }
 
@@ -231,6 +232,31 @@ AUTO_RESUME = "auto"
 
 
 @dataclass
+class ProfileConfig:
+    """trainer.profile: torch.profiler over a window of one epoch's training batches (thesis_lib/train/profiling.py).
+
+    The window counts the epoch's batches from its first: `wait_steps` untraced, `warmup_steps`
+    traced and thrown away (the profiler settles), then `active_steps` kept, one profiler step per
+    batch whatever trainer.sync_every_n_steps is. Written to <run_dir>/profile/: trace.json (Chrome
+    trace), top_ops.txt / top_ops.csv, profile.json. Off: the run builds no profiler at all.
+    """
+
+    enabled: bool = False
+    epoch: int = field(default=0, metadata=_at_least(0))  # the epoch whose first batches are traced (from 0)
+    wait_steps: int = field(default=1, metadata=_at_least(0))  # batches skipped first (the loader warming up)
+    warmup_steps: int = field(default=1, metadata=_at_least(0))  # traced but not kept: the profiler's own start-up
+    active_steps: int = field(default=5, metadata=_at_least(1))  # batches kept in the trace and the tables
+    record_shapes: bool = False  # input shapes per op (bigger trace; the tables group by op name either way)
+    profile_memory: bool = True  # memory allocated and freed per op
+    with_stack: bool = False  # Python source locations per op (much bigger trace)
+
+    @property
+    def window_batches(self) -> int:
+        """Batches from the epoch's start to the window's last traced one."""
+        return self.wait_steps + self.warmup_steps + self.active_steps
+
+
+@dataclass
 class TrainerConfig:
     epochs: int = field(default=10, metadata=_at_least(1))
     seed: int = field(default=0, metadata=_between(0, MAX_SEED, high_inclusive=True))
@@ -243,6 +269,7 @@ class TrainerConfig:
     max_steps_per_epoch: int = field(default=0, metadata=_at_least(0))  # 0: the whole split
     resume_from: Union[str, None] = None  # a run directory or its last.pt, or AUTO_RESUME ("auto")
     test: bool = True  # evaluate the best weights on the test split at the end
+    profile: ProfileConfig = field(default_factory=ProfileConfig)  # torch.profiler over a few steps; off by default
 
 
 @dataclass
@@ -602,7 +629,25 @@ def _build(cls: type, data: Any, prefix: str):
         raise ConfigError(
             f"{prefix}device={config.device!r} is not a device; allowed: auto, cpu, cuda, cuda:N, mps"
         )
+    if cls is TrainerConfig:
+        _check_profile_window(config, prefix)
     return config
+
+
+def _check_profile_window(trainer: TrainerConfig, prefix: str) -> None:
+    """trainer.profile's window must lie inside the run: its epoch is run, its batches fit max_steps_per_epoch."""
+    profile, key = trainer.profile, f"{prefix}profile"
+    if not profile.enabled:
+        return
+    if profile.epoch >= trainer.epochs:
+        raise ConfigError(f"{key}.epoch={profile.epoch} is not an epoch of this run: {prefix}epochs={trainer.epochs} "
+                          f"runs epochs 0..{trainer.epochs - 1}")
+    if trainer.max_steps_per_epoch and profile.window_batches > trainer.max_steps_per_epoch:
+        raise ConfigError(
+            f"{key} needs {profile.window_batches} batches (wait_steps {profile.wait_steps} + warmup_steps "
+            f"{profile.warmup_steps} + active_steps {profile.active_steps}) but {prefix}max_steps_per_epoch="
+            f"{trainer.max_steps_per_epoch} ends each epoch before that; shorten the window or raise the cap"
+        )
 
 
 def _check_registry_defaults(config: Any, prefix: str) -> None:

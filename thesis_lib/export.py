@@ -13,6 +13,16 @@ with the run's normalization from data_meta.json exactly as the training loader 
 ``latent`` is the encoder output before the bottleneck. The batch axis is dynamic in both. Every
 format is reloaded and compared with the eager model, at the example batch size and at a second
 size, before its file is written; the largest difference is recorded in ``export_info.json``.
+
+The "serving" format (runs trained on ``prepare_spectrograms`` output only; not in the default
+set) writes serving.torchscript.pt and serving.onnx: the graph of ``thesis_lib.serving``, which
+takes raw waveform segments ``waveform float32 [B, C, S]`` at the recorded sample rate and returns
+``probabilities [B, n_classes]`` (classifier) or ``anomaly_score [B]`` (autoencoder), with the
+STFT, log1p, the globals and the normalization inside. It is checked on the test split's own
+recordings, re-read from the paths the spectrogram file records: the library's pipeline
+(recordings -> spectrogram features -> normalization -> eager model) against the reloaded
+TorchScript and the ONNX model under onnxruntime, same predicted classes and outputs within
+``serving_atol``; the result is recorded under "serving" in ``export_info.json``.
 """
 
 from __future__ import annotations
@@ -24,38 +34,49 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .version import __version__
-from .errors import ConfigError, ModelError, ThesisLibError
 from .atomic_files import atomic_write_bytes, atomic_write_text, check_inside
-from .run_lock import hold_run_lock
+from .errors import ConfigError, DataError, ModelError, ThesisLibError
 from .layout import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
     DATA_META_FILE,
+    ENV_FILE,
     EXPORT_INFO_FILE,
     EXPORTS_DIR,
     MODEL_FILE,
     MODEL_INFO_FILE,
     ONNX_EXPORT,
+    SERVING_ONNX_EXPORT,
+    SERVING_TORCHSCRIPT_EXPORT,
     STATE_DICT_EXPORT,
     TORCHSCRIPT_EXPORT,
 )
 from .models import build_model
+from .run_lock import hold_run_lock
+from .version import __version__
 
-__all__ = ["export_model", "EXPORT_FORMATS"]
+__all__ = ["DEFAULT_EXPORT_FORMATS", "EXPORT_FORMATS", "export_model"]
 
 log = logging.getLogger(__name__)
 
-EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx")
-EXPORT_FILES = {"state_dict": STATE_DICT_EXPORT, "torchscript": TORCHSCRIPT_EXPORT, "onnx": ONNX_EXPORT}
+EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx", "serving")
+# What formats=None exports: "serving" needs a spectrogram run and its recordings, so it is asked for by name.
+DEFAULT_EXPORT_FORMATS: tuple[str, ...] = ("state_dict", "torchscript", "onnx")
+EXPORT_FILES = {"state_dict": STATE_DICT_EXPORT, "torchscript": TORCHSCRIPT_EXPORT, "onnx": ONNX_EXPORT,
+                "serving": SERVING_ONNX_EXPORT}
+SERVING_FILES = {"torchscript": SERVING_TORCHSCRIPT_EXPORT, "onnx": SERVING_ONNX_EXPORT}
+SERVING_INPUT = "waveform"
+SERVING_ATOL = 1e-4
+SERVING_CHECK_BATCH = 64  # test segments per call in the serving check (the last call is smaller)
 REQUIRED_FILES = (CONFIG_FILE, DATA_META_FILE)
 WEIGHTS_FILES = (MODEL_FILE, BEST_CHECKPOINT)  # the first that exists holds the weights
 INPUT_NAMES: tuple[str, ...] = ("tokens_id", "tokens_cont", "globals")
@@ -91,7 +112,8 @@ class ExportWrapper(nn.Module):
 
 def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
                  output_dir: str | Path | None = None, example_batch_size: int = 2,
-                 opset: int | None = None, atol: float = ATOL) -> dict[str, Path]:
+                 opset: int | None = None, atol: float = ATOL, data_path: str | Path | None = None,
+                 recordings_dir: str | Path | None = None, serving_atol: float = SERVING_ATOL) -> dict[str, Path]:
     """Export a run's best model (model.pt, else best_val.pt) to the given formats, each verified against eager.
 
     Args:
@@ -99,13 +121,21 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
             without model.pt, one that crashed or was killed, is exported from best_val.pt,
             with a logged warning).
         formats: any of "state_dict" (model_state_dict.pt), "torchscript" (model.torchscript.pt,
-            traced; load with torch.jit.load) and "onnx" (model.onnx; needs the [onnx] extra).
-            None: all three, or the first two with a logged note when the onnx packages are missing.
+            traced; load with torch.jit.load), "onnx" (model.onnx; needs the [onnx] extra) and
+            "serving" (serving.torchscript.pt and serving.onnx taking raw waveforms; a run trained
+            on prepare_spectrograms output; needs the [onnx] extra; module docstring).
+            None: the first three, or the first two with a logged note when the onnx packages are missing.
         output_dir: where the files go (default: <run_dir>/exports).
         example_batch_size: rows of the synthetic example batch used for tracing and checks (>= 2:
             torch.export would fix a batch axis of size 1 as a constant).
         opset: ONNX opset version (default: torch's own).
         atol: the largest max-abs difference from the eager model an export may show.
+        data_path: serving: the spectrogram file (default: the run's data.path, relative ones
+            tried from the run's launch directory first, then from the current one).
+        recordings_dir: serving: read the test recordings from this folder (by the names
+            labels.csv gave them) instead of the paths the spectrogram file records.
+        serving_atol: serving: the largest max-abs difference of probabilities (or scores) from the
+            library's pipeline the serving models may show.
 
     Returns:
         {format: path of its file, ..., "export_info": path of export_info.json}. export_info.json
@@ -113,7 +143,11 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
         dynamic "batch" axis, dtypes), torch version, opset, the max abs difference vs eager and
         the weights file exported, and at the top "weights": {file (model.pt or best_val.pt),
         path, epoch, note}; model_info.json (when the run has one) gains an "exports" entry
-        listing the files.
+        listing the files. Serving gives two paths, "serving_torchscript" and "serving_onnx"; its
+        entry holds both files ("files"), the waveform input and output specs, the preprocessing
+        settings and "check": the test recordings, segment count, atol and per file the max abs
+        difference from the library's pipeline (and, for a classifier, whether the predicted
+        classes are the same).
 
     Raises:
         ConfigError: an unknown format name (the message lists the allowed ones), or
@@ -124,15 +158,22 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
             rebuilt or traced, the onnx packages are missing, or an export's outputs differ from
             the eager model's by more than `atol` (the message names the format). Formats that
             succeeded before the failure are written and recorded first.
+        DataError: serving: the spectrogram file is missing, is not one, or predates recording its
+            sources (re-run prepare_spectrograms), or the test recordings are gone (the message
+            names the directory and the missing file) or changed; raised before anything is written.
     """
     run_dir = Path(run_dir)
     wanted = _check_formats(formats if formats is not None else _available_formats())
+    if "serving" in wanted and not 0 < float(serving_atol) < 1:
+        raise ConfigError(f"export serving_atol={serving_atol}; expected a tolerance in (0, 1)")
     if int(example_batch_size) < 2:
         raise ConfigError(f"export example_batch_size={example_batch_size}; expected >= 2 (a batch axis of size 1 "
                           "would be exported as a constant)")
     model, config, meta, weights = _load_run(run_dir, wanted)
     if weights.note is not None:
         log.warning("%s: exporting %s", run_dir, weights.describe())
+    # Serving: the source record and the test recordings are read before anything is written.
+    serving = (_serving_inputs(run_dir, config, data_path, recordings_dir) if "serving" in wanted else None)
     out_dir = Path(output_dir) if output_dir is not None else run_dir / EXPORTS_DIR
     # Inside the run directory (the default exports/) no folder or file on the way may be a link.
     inside = run_dir if _is_within(out_dir, run_dir) else None
@@ -151,6 +192,9 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
         names = [name for _, name in _OUTPUTS[kind]]
         with torch.no_grad():
             expected = [_as_tuple(wrapper(*batch)) for batch in batches]
+        if serving is not None:  # checked before any file is written
+            serving.update(model=_serving_model(model, kind, meta, serving["source"]),
+                           normalization=meta.normalization, weights=weights.file)
         exporters: dict[str, Callable[[], tuple[bytes, dict[str, Any]]]] = {
             "state_dict": lambda: _export_state_dict(model, config, meta, keys),
             "torchscript": lambda: _export_torchscript(wrapper, batches[0]),
@@ -165,6 +209,10 @@ def export_model(run_dir: str | Path, formats: Sequence[str] | None = None, *,
         written: dict[str, Path] = {}
         try:
             for fmt in wanted:
+                if fmt == "serving":
+                    info["formats"]["serving"] = _export_serving(serving, kind, out_dir, inside, opset,
+                                                                 serving_atol, written, run_dir)
+                    continue
                 data, extra = exporters[fmt]()
                 try:
                     diff = max(_max_abs_diff(want, extra["run"](batch)) for want, batch in zip(expected, batches))
@@ -199,7 +247,7 @@ def _load_run(run_dir: Path, wanted: Sequence[str]) -> tuple[nn.Module, Any, Any
         raise ModelError(f"cannot export run {run_dir}: {', '.join(missing)} not found there; the model is rebuilt "
                          f"from {', '.join(REQUIRED_FILES)} and {' (else '.join(WEIGHTS_FILES)}) (a run that failed "
                          "before its first validation saved no weights)")
-    if "onnx" in wanted:
+    if "onnx" in wanted or "serving" in wanted:
         _require_onnx()
     # Imported here: the model registry and the facts readers (pandas) load only when a model is exported.
     from .facts.run_model import load_run_model_and_weights
@@ -221,13 +269,13 @@ def _check_formats(formats: Sequence[str]) -> list[str]:
 
 
 def _available_formats() -> list[str]:
-    """Every format whose packages are installed (onnx needs the [onnx] extra)."""
+    """Every default format whose packages are installed (onnx needs the [onnx] extra)."""
     try:
         _require_onnx()
     except ModelError as exc:
         log.warning("exporting state_dict and torchscript only: %s", exc)
-        return [f for f in EXPORT_FORMATS if f != "onnx"]
-    return list(EXPORT_FORMATS)
+        return [f for f in DEFAULT_EXPORT_FORMATS if f != "onnx"]
+    return list(DEFAULT_EXPORT_FORMATS)
 
 
 def _require_onnx() -> None:
@@ -313,8 +361,8 @@ def _export_torchscript(wrapper: ExportWrapper, example: Sequence[torch.Tensor])
                   "load": "torch.jit.load(path)(tokens_id, tokens_cont, globals)"}
 
 
-def _export_onnx(wrapper: ExportWrapper, example: Sequence[torch.Tensor], names: Sequence[str],
-                 opset: int | None) -> tuple[bytes, dict]:
+def _export_onnx(wrapper: nn.Module, example: Sequence[torch.Tensor], names: Sequence[str],
+                 opset: int | None, input_names: Sequence[str] = INPUT_NAMES) -> tuple[bytes, dict]:
     """torch.onnx.export (dynamo) with a dynamic batch axis, checked with onnxruntime (or onnx's reference runtime)."""
     import onnx
 
@@ -327,9 +375,9 @@ def _export_onnx(wrapper: ExportWrapper, example: Sequence[torch.Tensor], names:
             # The exporter warns about torch internals (deprecations, axis renames); whether the
             # export is right is decided by the numerical check against eager, not by these.
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(wrapper, tuple(example), input_names=list(INPUT_NAMES), output_names=list(names),
+            program = torch.onnx.export(wrapper, tuple(example), input_names=list(input_names), output_names=list(names),
                                         opset_version=opset, dynamo=True, verbose=False,
-                                        dynamic_shapes={name: {0: batch} for name in INPUT_NAMES})
+                                        dynamic_shapes={name: {0: batch} for name in input_names})
         data = program.model_proto.SerializeToString()
     except Exception as exc:  # the exporter raises many types (export, translation, protobuf size)
         raise ModelError(f"onnx export: torch.onnx.export failed ({type(exc).__name__}: {str(exc)[:500]})") from exc
@@ -337,12 +385,12 @@ def _export_onnx(wrapper: ExportWrapper, example: Sequence[torch.Tensor], names:
         quiet.setLevel(level)
     proto = onnx.load_from_string(data)
     opset_found = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-    run, checked_with = _onnx_runner(data, proto)
+    run, checked_with = _onnx_runner(data, proto, input_names)
     return data, {"run": run, "checked_with": checked_with, "opset": opset_found,
                   "load": "onnxruntime.InferenceSession(path).run(None, {'tokens_id': ..., 'tokens_cont': ..., 'globals': ...})"}
 
 
-def _onnx_runner(data: bytes, proto: Any) -> tuple[Callable, str]:
+def _onnx_runner(data: bytes, proto: Any, input_names: Sequence[str] = INPUT_NAMES) -> tuple[Callable, str]:
     """A function batch -> outputs running the ONNX model, and what runs it (onnxruntime when installed)."""
     try:
         import onnxruntime
@@ -353,7 +401,148 @@ def _onnx_runner(data: bytes, proto: Any) -> tuple[Callable, str]:
     else:
         session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
         checked_with = f"onnxruntime {onnxruntime.__version__}"
-    return (lambda batch: session.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, batch)})), checked_with
+    return (lambda batch: session.run(None, {n: t.numpy() for n, t in zip(input_names, batch)})), checked_with
+
+
+def _spectrogram_path(run_dir: Path, config: Any, data_path: str | Path | None) -> Path:
+    """The run's spectrogram file: `data_path`, else data.path (relative: from the run's launch directory, then here)."""
+    if data_path is not None:
+        candidates = [Path(data_path)]
+    else:
+        given = Path(config.data.path)
+        candidates = [given if given.is_absolute() else Path(os.path.abspath(given))]
+        cwd = (_read_json(run_dir / ENV_FILE) or {}).get("cwd")
+        if not given.is_absolute() and isinstance(cwd, str) and cwd:
+            candidates.insert(0, Path(cwd) / given)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"serving export of {run_dir}: the spectrogram file was not found; tried "
+                    f"{', '.join(str(c) for c in dict.fromkeys(candidates))} (config data.path={config.data.path!r}); "
+                    "pass data_path= (thesis-lib export --data-path) to point at it")
+
+
+def _serving_inputs(run_dir: Path, config: Any, data_path: str | Path | None,
+                    recordings_dir: str | Path | None) -> dict[str, Any]:
+    """{source, segments, labels} of the run's test split, re-read from its recordings; DataError when they cannot be."""
+    from .data.spectrogram import read_spectrogram_source
+
+    source = read_spectrogram_source(_spectrogram_path(run_dir, config, data_path))
+    segments, labels = source.read_segments("test", recordings_dir)
+    if len(segments) == 0:
+        raise DataError(f"{source.path}: the test split has no segments; the serving check runs on them")
+    return {"source": source, "segments": segments, "labels": labels,
+            "recordings_dir": str(recordings_dir) if recordings_dir is not None else None}
+
+
+def _serving_model(model: nn.Module, kind: str, meta: Any, source: Any) -> nn.Module:
+    """The serving graph of the run's model (thesis_lib.serving)."""
+    from .serving import build_serving_model
+
+    with torch.no_grad():
+        return build_serving_model(model, kind, meta, source)
+
+
+def _export_serving(serving: dict[str, Any], kind: str, out_dir: Path, inside: Path | None, opset: int | None,
+                    tol: float, written: dict[str, Path], run_dir: Path) -> dict[str, Any]:
+    """Trace and export the serving graph, check both files on the test recordings, write them; the info entry.
+
+    The check runs the library's pipeline (thesis_lib.serving.library_outputs) and each reloaded
+    export on the same raw segments, SERVING_CHECK_BATCH at a time; ModelError when a maximum
+    difference exceeds `tol` or a predicted class differs (a tie within `tol` aside).
+    """
+    from .data.h5 import EventFile
+    from .serving import SERVING_OUTPUTS, library_outputs
+
+    graph, source, segments = serving["model"], serving["source"], serving["segments"]
+    output_name, output_doc = SERVING_OUTPUTS[kind]
+    chunks = [torch.from_numpy(segments[i:i + SERVING_CHECK_BATCH]) for i in range(0, len(segments), SERVING_CHECK_BATCH)]
+    example = torch.from_numpy(segments[np.arange(2) % len(segments)])  # >= 2 rows: a batch axis of 1 would be fixed
+    reference = torch.cat([library_outputs(graph.model, kind, serving["normalization"], source, c.numpy())
+                           for c in chunks])
+    file_diff = _file_rows_diff(EventFile(source.path), source, segments)
+
+    results: dict[str, Any] = {}
+    files: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    for fmt in ("torchscript", "onnx"):
+        try:
+            data, extra = (_export_torchscript(graph, (example,)) if fmt == "torchscript"
+                           else _export_onnx(graph, (example,), [output_name], opset, input_names=[SERVING_INPUT]))
+        except ModelError as exc:
+            raise ModelError(f"serving {exc}") from exc
+        try:
+            got = torch.cat([torch.as_tensor(np.asarray(extra["run"]((c,))[0])) for c in chunks])
+        except Exception as exc:  # a runtime refusing a batch size the export fixed, a bad graph
+            raise ModelError(f"serving {fmt} export of {run_dir}: the reloaded model failed on the test segments: "
+                             f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+        results[fmt] = _compare_serving(reference, got, kind, tol, f"serving {fmt} export of {run_dir}")
+        files[fmt] = (data, extra)
+    # Both checked: write both (a half-written serving export would serve one runtime and not the other).
+    entry_files: dict[str, Any] = {}
+    load = {"torchscript": f"torch.jit.load(path)({SERVING_INPUT}) -> {output_name}",
+            "onnx": f"onnxruntime.InferenceSession(path).run(None, {{'{SERVING_INPUT}': x}})[0] -> {output_name}"}
+    for fmt, (data, extra) in files.items():
+        written[f"serving_{fmt}"] = atomic_write_bytes(out_dir / SERVING_FILES[fmt], data, inside=inside)
+        entry_files[fmt] = {"file": SERVING_FILES[fmt], "sha256": hashlib.sha256(data).hexdigest(),
+                            "size_bytes": len(data), "opset": extra.get("opset"), "checked_with": extra["checked_with"],
+                            "load": load[fmt]}
+    c, s = len(source.channels), source.segment_samples
+    shape = [BATCH_AXIS, len(source.label_names)] if kind == "classifier" else [BATCH_AXIS]
+    return {
+        "file": SERVING_FILES["onnx"], "files": entry_files, "torch_version": torch.__version__,
+        "inputs": [{"name": SERVING_INPUT, "shape": [BATCH_AXIS, c, s], "dtype": "float32",
+                    "meaning": f"raw waveform segments: {c} channels {list(source.channels)} in this order, {s} "
+                               f"samples at {source.sample_rate:g} Hz ({s / source.sample_rate:g} s), as recorded"}],
+        "outputs": [{"name": output_name, "shape": shape, "dtype": "float32", "meaning": output_doc}],
+        "class_names": list(source.label_names) if kind == "classifier" else None,
+        "preprocessing": {"sample_rate": source.sample_rate, "channels": list(source.channels), "segment_samples": s,
+                          "n_fft": source.n_fft, "hop_length": source.hop_length, "stft": dict(source.stft),
+                          "stft_in_graph": "conv1d with fixed DFT kernels (window x cos/sin), stride hop_length",
+                          "globals": list(source.globals_features),
+                          "normalization": "data_meta.json 'normalization' (train split), inside the graph"},
+        "check": {"split": "test", "spectrogram_file": str(source.path), "recordings": [r["name"] for r in
+                                                                                         source.recordings("test")],
+                  "recordings_dir": serving["recordings_dir"], "n_segments": len(segments),
+                  "batch_size": SERVING_CHECK_BATCH, "atol": tol,
+                  "reference": "library pipeline: spectrogram_features -> Normalization.apply -> eager model",
+                  "file_rows_max_abs_diff": file_diff, **{fmt: r for fmt, r in results.items()}},
+        "weights": serving["weights"],
+    }
+
+
+def _file_rows_diff(event_file: Any, source: Any, segments: np.ndarray) -> dict[str, float]:
+    """Max |recomputed - stored| of the test rows' features: the re-read recordings give the file's rows."""
+    from .data.spectrogram import spectrogram_features
+
+    n = event_file.num_rows("test")
+    if n != len(segments):
+        raise DataError(f"{source.path}: the test split has {n} rows but its recorded segments number "
+                        f"{len(segments)}; the file and its source record disagree: re-run prepare_spectrograms")
+    block = event_file.read_block("test", 0, n)
+    tokens, globals_ = spectrogram_features(segments, source.n_fft, source.hop_length)
+    return {"tokens_cont": float(np.max(np.abs(tokens - block["tokens_cont"]))),
+            "globals": float(np.max(np.abs(globals_ - block["globals"])))}
+
+
+def _compare_serving(reference: torch.Tensor, got: torch.Tensor, kind: str, tol: float, what: str) -> dict[str, Any]:
+    """{max_abs_diff, same_predictions, ties}; ModelError when the outputs differ by more than tol or a class flips."""
+    if tuple(got.shape) != tuple(reference.shape):
+        raise ModelError(f"{what}: output shape {tuple(got.shape)}; the library's pipeline gives "
+                         f"{tuple(reference.shape)}")
+    diff = float((got.double() - reference.double()).abs().max())
+    if not diff <= tol:  # also catches NaN
+        raise ModelError(f"{what} differs from the library's pipeline by {diff:.3g} (max abs over "
+                         f"{len(reference)} test segments, allowed {tol}); nothing was written for serving")
+    result: dict[str, Any] = {"max_abs_diff": diff}
+    if kind == "classifier":
+        flips = got.argmax(dim=1) != reference.argmax(dim=1)
+        top2 = reference.topk(min(2, reference.shape[1]), dim=1).values
+        tie = (top2[:, 0] - top2[:, -1]) <= 2 * tol  # a near-tie may flip within the tolerance
+        if bool((flips & ~tie).any()):
+            raise ModelError(f"{what}: {int((flips & ~tie).sum())} of {len(reference)} test segments get another "
+                             "class than from the library's pipeline")
+        result.update(same_predictions=not bool(flips.any()), predictions_differing_at_ties=int(flips.sum()))
+    return result
 
 
 def _run_torch(module: Callable, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -373,7 +562,16 @@ def _earlier_exports(out_dir: Path, run_dir: Path) -> dict[str, dict]:
     if earlier.get("run_dir") != str(run_dir.resolve()) or not isinstance(earlier.get("formats"), dict):
         return {}
     return {fmt: entry for fmt, entry in earlier["formats"].items()
-            if fmt in EXPORT_FILES and isinstance(entry, dict) and (out_dir / str(entry.get("file"))).is_file()}
+            if fmt in EXPORT_FILES and isinstance(entry, dict)
+            and all((out_dir / str(name)).is_file() for name in _entry_files(entry))}
+
+
+def _entry_files(entry: Mapping[str, Any]) -> list[str]:
+    """The file names an export_info.json format entry holds ("files" for serving's two, else "file")."""
+    files = entry.get("files")
+    if isinstance(files, Mapping):
+        return [str(f.get("file")) if isinstance(f, Mapping) else str(f) for f in files.values()]
+    return [str(entry.get("file"))]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -401,7 +599,9 @@ def _record_in_model_info(run_dir: Path, out_dir: Path, formats_info: Mapping[st
         return str(p.relative_to(run_dir.resolve())) if p.is_relative_to(run_dir.resolve()) else str(p)
 
     model_info["exports"] = {"export_info": shown(info_path),
-                             "formats": {fmt: shown(out_dir / entry["file"]) for fmt, entry in formats_info.items()},
+                             "formats": {fmt: (shown(out_dir / entry["file"]) if "files" not in entry
+                                               else [shown(out_dir / name) for name in _entry_files(entry)])
+                                         for fmt, entry in formats_info.items()},
                              "updated": _now()}
     atomic_write_text(path, json.dumps(model_info, indent=2), inside=run_dir)
 

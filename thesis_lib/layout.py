@@ -55,6 +55,9 @@ EXPORT_INFO_FILE = "export_info.json"
 STATE_DICT_EXPORT = "model_state_dict.pt"
 TORCHSCRIPT_EXPORT = "model.torchscript.pt"
 ONNX_EXPORT = "model.onnx"
+# The serving models (thesis-lib export --format serving): raw waveform segments in, probabilities or scores out.
+SERVING_TORCHSCRIPT_EXPORT = "serving.torchscript.pt"
+SERVING_ONNX_EXPORT = "serving.onnx"
 DRIVER_NOTEBOOK = "train.ipynb"
 RUN_REPORT_DIR = "report"
 REPORT_BACKLINKS = "reports.txt"
@@ -62,6 +65,12 @@ REPORT_BACKLINKS = "reports.txt"
 # and each tracker's ids for this run (TensorBoard: the event-file directory written).
 TENSORBOARD_DIR = "tensorboard"
 TRACKING_FILE = "tracking.json"
+# trainer.profile (thesis_lib/train/profiling.py): torch.profiler over a window of one epoch's batches.
+PROFILE_DIR = "profile"
+PROFILE_TRACE = f"{PROFILE_DIR}/trace.json"
+PROFILE_TOP_OPS_TEXT = f"{PROFILE_DIR}/top_ops.txt"
+PROFILE_TOP_OPS_CSV = f"{PROFILE_DIR}/top_ops.csv"
+PROFILE_INFO = f"{PROFILE_DIR}/profile.json"
 # The writer lock (thesis_lib.run_lock): the guard file stays; the holder record exists only while a
 # process writes the run (a crash leaves it behind, and the next writer takes it over).
 WRITER_LOCK = "writer.lock"
@@ -102,6 +111,8 @@ RUN_LAYOUT: dict[str, str] = {
     f"{EXPORTS_DIR}/{STATE_DICT_EXPORT}": "the best weights as a plain state_dict",
     f"{EXPORTS_DIR}/{TORCHSCRIPT_EXPORT}": "the model traced to TorchScript",
     f"{EXPORTS_DIR}/{ONNX_EXPORT}": "the model as ONNX, dynamic batch axis",
+    f"{EXPORTS_DIR}/{SERVING_TORCHSCRIPT_EXPORT}": "waveform -> STFT, globals, normalization, model, traced to TorchScript",
+    f"{EXPORTS_DIR}/{SERVING_ONNX_EXPORT}": "the same serving graph as ONNX, dynamic batch axis",
     DRIVER_NOTEBOOK: "the executed driver notebook, when the run went through papermill",
     RUN_REPORT_DIR: "the run report (report.enabled)",
     f"{RUN_REPORT_DIR}/{REPORT_HTML}": "the report as one offline HTML page: no script, images embedded",
@@ -113,6 +124,11 @@ RUN_LAYOUT: dict[str, str] = {
     REPORT_BACKLINKS: "the sweep reports that included this run, one path a line",
     TENSORBOARD_DIR: "TensorBoard event files (tracking.backends lists tensorboard, or thesis-lib sync --to tensorboard)",
     TRACKING_FILE: "each experiment tracker's ids for this run (TensorBoard: the event-file directory), so a sync updates",
+    PROFILE_DIR: "torch.profiler's view of a window of training steps (trainer.profile.enabled)",
+    PROFILE_TRACE: "the window as a Chrome trace: open it in https://ui.perfetto.dev or chrome://tracing",
+    PROFILE_TOP_OPS_TEXT: "torch's table of the ops that took the most time in the window (key_averages)",
+    PROFILE_TOP_OPS_CSV: "every op of the window, one row each: calls, self/total CPU and device time (us), memory",
+    PROFILE_INFO: "the window (epoch, batches, settings), device, torch version, time traced, the files; or the error",
     WRITER_LOCK: f"the writer lock's guard (thesis_lib.run_lock); while a process writes the run, {WRITER_RECORD} "
                  "beside it names that process: pid, host, start, batch job, what it is doing, heartbeat",
 }
@@ -121,6 +137,7 @@ RUN_LAYOUT: dict[str, str] = {
 SWEEP_FILE = "sweep.yaml"
 SWEEP_NOTEBOOKS_DIR = "notebooks"
 SWEEP_LOCKS_DIR = "locks"
+SWEEP_JOB_LOGS_DIR = "job_logs"
 
 SWEEP_LAYOUT: dict[str, str] = {
     SWEEP_FILE: "base config, grid, seeds, executor and each point's state, rewritten as points finish",
@@ -128,6 +145,7 @@ SWEEP_LAYOUT: dict[str, str] = {
     SWEEP_NOTEBOOKS_DIR: "driver notebooks being executed (via='notebook'); each moves into its run when done",
     SWEEP_LOCKS_DIR: "<point config hash>.lock per point: the process running a point holds its lock "
                      "(the .json beside it names that process while it runs), so no point runs twice at once",
+    SWEEP_JOB_LOGS_DIR: "executor='slurm' / 'htcondor': the batch jobs' output and error files",
 }
 
 # --- a sweep report directory ----------------------------------------------------------------------

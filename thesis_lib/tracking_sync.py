@@ -102,10 +102,12 @@ def _records(run_dir: Path) -> dict:
     tests = [e for e in events if e.get("moment") == "on_test_end" and isinstance(e.get("metrics"), dict)]
     ends = [e for e in events if e.get("moment") == "on_train_end"]
     origin = _origin(first)
+    # The latest segment's identity: config.yaml is the latest segment's config (a resumed run's),
+    # as a live mirror of that segment would have it; the times still count from the first start.
     run = RunInfo(run_id=str(first.get("run_id", run_dir.name)), run_dir=run_dir, origin=origin,
-                  config_hash=first.get("config_hash"), resumed_from_epoch=first.get("resumed_from_epoch"))
+                  config_hash=starts[-1].get("config_hash"), resumed_from_epoch=starts[-1].get("resumed_from_epoch"))
     return {"run": run, "config": config, "epochs": epoch_rows, "steps": step_rows, "telemetry": telemetry_rows,
-            "test": tests[-1] if tests else None, "end": ends[-1] if ends else None}
+            "tests": tests, "end": ends[-1] if ends else None}
 
 
 def _origin(start: dict) -> Optional[float]:
@@ -118,7 +120,7 @@ def _origin(start: dict) -> Optional[float]:
 
 def _counts(records: dict) -> dict:
     return {"scalars rows": len(records["epochs"]), "steps rows": len(records["steps"]),
-            "telemetry rows": len(records["telemetry"]), "test metrics": len((records["test"] or {}).get("metrics", {})),
+            "telemetry rows": len(records["telemetry"]), "test metrics": sum(len(test.get("metrics", {})) for test in records["tests"]),
             "config keys": len(flat_config(records["config"]))}
 
 
@@ -131,8 +133,8 @@ def _feed(mirror, records: dict, artifacts: Optional[dict] = None) -> None:
         mirror.epoch(row)
     for row in records["telemetry"]:
         mirror.telemetry(row)
-    if records["test"] is not None:
-        mirror.test(records["test"]["metrics"], records["test"].get("epoch"))
+    for test in records["tests"]:  # each segment's test pass, as the live mirror got them
+        mirror.test(test["metrics"], test.get("epoch"))
     if records["end"] is not None:
         mirror.end(str(records["end"].get("status")), str(records["end"].get("stop_reason")))
     mirror.close(artifacts or {})

@@ -22,6 +22,8 @@ spectral shape and its impulsiveness, not by its loudness.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +47,9 @@ _MAX_TIME_JITTER = 1e-3
 class SensorRecording:
     """One recording: `data` float32 [C, n_samples] with `channels` in that order, `label` its class.
 
-    `name` is the file as labels.csv lists it (unique within a dataset); `path` where it was read.
+    `name` is the file as labels.csv lists it (unique within a dataset); `path` where it was read,
+    and that file's identity when it was read: `sha256` of its bytes, `size_bytes`, `mtime_ns`
+    (None for a recording built in memory).
     """
 
     name: str
@@ -54,6 +58,9 @@ class SensorRecording:
     channels: tuple[str, ...]
     data: np.ndarray
     path: Path | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    mtime_ns: int | None = None
 
     @property
     def n_samples(self) -> int:
@@ -250,8 +257,10 @@ def _read_recording(path: Path, name: str, label: str) -> SensorRecording:
     """One recording CSV, every column checked."""
     if not path.is_file():
         raise DataError(f"recording {name!r} not found: {path} (listed in labels.csv)")
+    stat = path.stat()
+    raw = path.read_bytes()  # read once: hashed for the file's identity, then parsed
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        frame = pd.read_csv(io.BytesIO(raw), skipinitialspace=True)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc}); expected columns time,<channel>,...") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -269,7 +278,8 @@ def _read_recording(path: Path, name: str, label: str) -> SensorRecording:
     time = _numeric_column(path, "time", frame["time"])
     data = np.stack([_numeric_column(path, c, frame[c]) for c in channels]).astype(np.float32)
     return SensorRecording(name=name, label=label, sample_rate=_sample_rate(path, time), channels=channels,
-                           data=data, path=path)
+                           data=data, path=path, sha256=hashlib.sha256(raw).hexdigest(), size_bytes=stat.st_size,
+                           mtime_ns=stat.st_mtime_ns)
 
 
 def read_sensor_recordings(source: str | os.PathLike) -> list[SensorRecording]:

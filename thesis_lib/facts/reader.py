@@ -368,7 +368,9 @@ def _check_types(frame: pd.DataFrame, text_columns: Sequence[str]) -> tuple[pd.D
     def mark(mask: np.ndarray, values: pd.Series, why: str) -> None:
         for position in np.flatnonzero(mask):
             if reasons[position] is None:
-                reasons[position] = why.format(value=values.iloc[position])
+                value = values.iloc[position]
+                # numpy 2 spells a numpy scalar's repr np.int64(-1); the line held -1
+                reasons[position] = why.format(value=value.item() if isinstance(value, np.generic) else value)
 
     for name in frame.columns:
         if name in text_columns:

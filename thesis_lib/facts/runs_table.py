@@ -22,6 +22,7 @@ from ..errors import FactsError, NoValidRunsError
 from .reader import BadLine, _column, _parse_events, _parse_scalars, _typed, _with_loss_aliases, read_config
 from ..record.schema import BASE_SCALAR_COLUMNS, config_hash
 from ..layout import EVENTS_FILE, FACTS_DIR, SCALARS_FILE
+from .seed_dialect import NATIVE_DIALECT, is_thesis_ml_run, load_thesis_ml_run
 from .status import run_status
 
 __all__ = ["discover_runs", "load_runs", "LoadedRuns", "SkippedRun"]
@@ -119,7 +120,9 @@ def load_runs(
     A valid run has config.yaml and facts/events.jsonl with an on_start event. Others are
     skipped with one warning listing each and why (or, with `strict`, an error). Bad lines in a
     valid run's events.jsonl or scalars.csv are skipped and counted, the run kept: one warning
-    names each file and line.
+    names each file and line. Run directories of thesis-ml, the seed project (.hydra/config.yaml
+    or cfg.yaml instead of config.yaml), are read by `seed_dialect` into the same columns; the
+    `dialect` column tells them apart ("thesis-ml", else "thesis-lib").
 
     Args:
         sweep_dir: a sweep folder (or glob) searched recursively for runs.
@@ -189,6 +192,9 @@ def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[BadLine]]:
     """One run's summary row, per-epoch frame and skipped lines; FactsError says why it is invalid."""
     if not run_dir.is_dir():
         raise FactsError("no directory matches this pattern" if _is_glob(run_dir) else "no such directory")
+    if is_thesis_ml_run(run_dir):  # written by thesis-ml, the seed project: facts/seed_dialect.py reads it
+        run = load_thesis_ml_run(run_dir)
+        return {**run.identity, **_summarise_scalars(run.per_epoch), **run.details}, run.per_epoch, run.bad_lines
     events, bad = _parse_events(run_dir / EVENTS_FILE)
     config = read_config(run_dir)
     start_index = max((i for i, e in enumerate(events) if e.get("moment") == "on_start"), default=None)
@@ -231,6 +237,7 @@ def _load_one(run_dir: Path) -> tuple[dict, pd.DataFrame, list[BadLine]]:
     metrics = test.get("metrics")
     for name, value in (metrics.items() if isinstance(metrics, dict) and not test.get("skipped") else ()):
         row[f"test.{name}"] = value
+    row["dialect"] = NATIVE_DIALECT
     for key, value in _flatten(config).items():
         row.setdefault(key, value)
     return row, frame, bad

@@ -20,7 +20,7 @@ from thesis_lib.errors import ModelError, did_you_mean
 from thesis_lib.models import registry
 
 # Part modules: imported for their @register side effect (and re-exported classes).
-from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, autoencoder, diffusion, adversarial, classifier  # noqa: F401
+from thesis_lib.models import encoders, gnn, cnn, bottlenecks, vq, decoders, gnn_decoder, autoencoder, diffusion, adversarial, classifier  # noqa: F401
 from thesis_lib.models.adversarial import GANAutoencoder
 from thesis_lib.models.autoencoder import Autoencoder
 from thesis_lib.models.classifier import Classifier

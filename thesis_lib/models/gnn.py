@@ -41,6 +41,7 @@ __all__ = [
     "default_neighbours",
     "knn_coordinates",
     "knn_indices",
+    "feature_distances",
     "EdgeConvBlock",
     "GNNEncoder",
     "build_gnn_encoder",
@@ -205,7 +206,7 @@ class GNNEncoder(nn.Module):
         embedded = self.embed(tokens_id)
         hidden = self.project(torch.cat([embedded, cont.to(embedded.dtype)], dim=-1))
         for index, block in enumerate(self.blocks):
-            distances = self._first_distances(cont) if index == 0 else _feature_distances(hidden)
+            distances = self._first_distances(cont) if index == 0 else feature_distances(hidden)
             hidden = block(hidden, knn_indices(distances, valid, self.k, self.self_loops))
         pooled = _masked_mean_max(self.norm(hidden), valid)
         return self.out(torch.cat([pooled, batch["globals"].to(pooled.dtype)], dim=-1))
@@ -213,7 +214,7 @@ class GNNEncoder(nn.Module):
     def _first_distances(self, cont: torch.Tensor) -> torch.Tensor:
         """Squared distances [B, T, T] for the first graph: (eta, phi) in raw units where known, else all of cont."""
         if self.coord_columns is None:
-            return _feature_distances(cont)
+            return feature_distances(cont)
         with torch.no_grad():
             coords = cont[..., self.coord_columns].float()
             delta = (coords.unsqueeze(1) - coords.unsqueeze(2)) * self.coord_scale  # [B, T(i), T(j), 2]
@@ -223,7 +224,7 @@ class GNNEncoder(nn.Module):
             return d_eta.square() + d_phi.square()
 
 
-def _feature_distances(features: torch.Tensor) -> torch.Tensor:
+def feature_distances(features: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances [B, T, T] between tokens' features, computed in float32."""
     # |a|^2 + |b|^2 - 2ab keeps memory at [B, T, T] (not [B, T, T, W]); autocast is off because a
     # bf16 matmul would blur the ranking. Not cdist: the ONNX exporter has no translation for it.

@@ -36,7 +36,7 @@ SCHEMA_VERSION = 2
 MOMENTS = ("on_start", "on_epoch_end", "on_train_end", "on_test_end", "on_exception", "on_incident")
 
 INCIDENT_PARTS = ("console", "stdout_log", "figures", "report", "telemetry", "checkpoint", "disk", "lock",
-                  "signal", "history", "model_info", "dashboard", "finish", "tracking")
+                  "signal", "history", "model_info", "dashboard", "finish", "tracking", "profile")
 
 # RUNNING and CRASHED are never written: the reader derives them from a missing end event.
 STATUSES = ("COMPLETED", "STOPPED", "FAILED", "RUNNING", "CRASHED")

@@ -22,9 +22,10 @@ from ..errors import ReportError
 from .run_metrics import KeyMetrics, TelemetrySummary, gpu_indices
 from .template_exec import RUN_REPORT_TEMPLATE, run_template, template_sections
 
-__all__ = ["RunReport", "ConfigSnapshot", "MAX_EPOCH_ROWS"]
+__all__ = ["RunReport", "ConfigSnapshot", "ProfileView", "MAX_EPOCH_ROWS", "PROFILE_OPS_SHOWN"]
 
 MAX_EPOCH_ROWS = 20  # the per-epoch table keeps the first, best and last epochs and a spread between
+PROFILE_OPS_SHOWN = 10  # the profile section's table: the top ops of profile/top_ops.csv
 
 
 @dataclass
@@ -81,6 +82,17 @@ class ConfigSnapshot:
 
 
 @dataclass
+class ProfileView:
+    """What a profiled run left in profile/ (trainer.profile): profile.json, the top ops, the trace."""
+
+    settings: dict  # config.yaml's trainer.profile
+    info: dict  # profile.json: the window, device, torch version, time traced; or {"error": ...}; {} when absent
+    top_ops: list  # the first PROFILE_OPS_SHOWN rows of top_ops.csv (dicts of its columns; numbers as float)
+    ops_total: int  # rows in top_ops.csv
+    trace: Path | None  # profile/trace.json when it exists
+
+
+@dataclass
 class RunReport:
     """A run's report as data; `section(name, images)` renders one section as Markdown through the template."""
 
@@ -115,6 +127,7 @@ class RunReport:
     figure_errors: dict = field(default_factory=dict)  # {"telemetry" / "curves": why the figure was not drawn}
     # data_meta.json's `dataset` section (thesis_lib.data.describe): what the data was; {} when not recorded
     dataset: dict = field(default_factory=dict)
+    profile: ProfileView | None = None  # profile/ of a run with trainer.profile on; None when it was off
 
     @property
     def trainable_pct(self) -> Optional[float]:

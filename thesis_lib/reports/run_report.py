@@ -10,6 +10,7 @@ how it is laid out as a report is the run-report template's business.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -19,10 +20,10 @@ import pandas as pd
 
 from ..errors import FactsError
 from ..facts import read_config, read_events, read_scalars, read_steps, read_telemetry, run_status
-from ..layout import (CONFIG_FILE, DATA_META_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, SCALARS_FILE, STDOUT_LOG,
-                      STEPS_FILE, TELEMETRY_FILE)
+from ..layout import (CONFIG_FILE, DATA_META_FILE, ENV_FILE, EVENTS_FILE, MODEL_INFO_FILE, PROFILE_DIR, PROFILE_INFO,
+                      PROFILE_TOP_OPS_CSV, PROFILE_TRACE, SCALARS_FILE, STDOUT_LOG, STEPS_FILE, TELEMETRY_FILE)
 from .findings import find
-from .report_data import ConfigSnapshot, RunReport
+from .report_data import PROFILE_OPS_SHOWN, ConfigSnapshot, ProfileView, RunReport
 from .run_metrics import key_metrics, telemetry_summary
 
 __all__ = ["RunReport", "ConfigSnapshot", "load_run_report", "LOG_TAIL_LINES"]
@@ -125,6 +126,7 @@ def load_run_report(run_dir: str | Path) -> RunReport:
         bad_lines=bad_lines,
         unreadable=unreadable,
         dataset=dataset,
+        profile=_profile(run_dir, config, unreadable),
     )
     report.findings = find(report)
     return report
@@ -217,6 +219,39 @@ def _dataset(run_dir: Path, unreadable: dict) -> dict:
         return section or {}
     unreadable[DATA_META_FILE] = f"its dataset section holds a JSON {type(section).__name__}, not an object"
     return {}
+
+
+def _profile(run_dir: Path, config: Any, unreadable: dict) -> ProfileView | None:
+    """profile/ of a run with trainer.profile on: profile.json, the top rows of top_ops.csv, the trace; None
+    when profiling was off (or config.yaml is unreadable) and there is no profile/."""
+    trainer = _mapping(config.get("trainer")) if isinstance(config, dict) else {}
+    settings = _mapping(trainer.get("profile"))
+    if not (run_dir / PROFILE_DIR).is_dir():
+        return ProfileView(settings, {}, [], 0, None) if settings.get("enabled") is True else None
+    info = _read_json(run_dir, PROFILE_INFO, unreadable)
+    rows: list[dict] = []
+    try:
+        with open(run_dir / PROFILE_TOP_OPS_CSV, newline="", encoding="utf-8") as handle:
+            rows = [{key: value if key == "name" else _float_or_text(value) for key, value in row.items()}
+                    for row in csv.DictReader(handle)]
+    except FileNotFoundError:
+        pass
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        unreadable[PROFILE_TOP_OPS_CSV] = _why(exc)
+    trace = run_dir / PROFILE_TRACE
+    return ProfileView(settings=settings, info=info, top_ops=rows[:PROFILE_OPS_SHOWN], ops_total=len(rows),
+                       trace=trace if trace.is_file() else None)
+
+
+def _float_or_text(value: str | None) -> Any:
+    """A CSV cell: a finite number as float, an empty cell as None, anything else as its text."""
+    if value is None or value == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return number if math.isfinite(number) else None
 
 
 def _read_text(path: Path) -> str:

@@ -6,8 +6,8 @@ spawned processes and Dask workers can import it; it never raises: a failing poi
 as an outcome with its status and error text, and the sweep goes on.
 
 This module names the executors, holds the in-process one, and checks and makes one from its
-name (`make_executor`); the process pool and Dask executors live in `worker_pools`, and the task,
-outcome and `execute_point` in `point` (all re-exported here).
+name (`make_executor`); the process pool and Dask executors live in `worker_pools`, the batch-job
+one in `batch_jobs`, and the task, outcome and `execute_point` in `point` (all re-exported here).
 
 - `"inline"`: one point after another in this process (a notebook sees every printed line).
 - `"process"`: `concurrent.futures.ProcessPoolExecutor` with the "spawn" start method (forking a
@@ -30,23 +30,25 @@ worker before its point runs.
 A pool that breaks (a worker that died) names, in every point it took down, how the worker ended:
 its exit code or signal.
 
-HPC with dask-jobqueue (not a dependency of thesis-lib; `pip install dask-jobqueue`), one GPU and
-one point per job, the sweep itself running on the login node or in a small job::
+Batch systems (`batch_jobs`): `"slurm"` and `"htcondor"` submit the points as Dask tasks to workers
+that dask-jobqueue's `SLURMCluster` / `HTCondorCluster` starts as batch jobs, one point per job at a
+time (a worker with one thread in each job), with the job's resources from `executor_options`
+(cores, memory, gpus, walltime, partition, account, job_extra_directives, ...; `batch_jobs.BATCH_OPTIONS`
+lists them). dask-jobqueue is an extra: `pip install 'thesis-lib[hpc]'`. The sweep itself runs
+on the login node or in a small job; `thesis-lib sweep --executor slurm --dry-run` prints the job
+script::
 
-    from dask_jobqueue import SLURMCluster          # or HTCondorCluster
-    from distributed import Client
     from thesis_lib import sweep
 
-    cluster = SLURMCluster(cores=4, processes=1, memory="16GB", walltime="04:00:00",
-                           job_extra_directives=["--gres=gpu:1"],
-                           local_directory="$TMPDIR")
-    # HTCondorCluster(cores=4, memory="16GB", disk="10GB",
-    #                 job_extra_directives={"request_gpus": "1"})
-    cluster.scale(jobs=8)                           # or cluster.adapt(minimum_jobs=0, maximum_jobs=8)
-    client = Client(cluster)
     s = sweep(base="base.yaml", grid={"model.bottleneck": ["identity", "vq"]}, seeds=[1, 2],
-              name="tokenizers", executor=client)
-    client.close(); cluster.close()
+              name="tokenizers", executor="slurm",
+              executor_options={"cores": 4, "memory": "16GB", "gpus": 1, "walltime": "04:00:00",
+                                "partition": "gpu", "max_jobs": 4, "local_directory": "$TMPDIR"})
+    # executor="htcondor", executor_options={"cores": 4, "memory": "16GB", "disk": "10GB", "gpus": 1}
+
+A cluster of your own making (another dask-jobqueue class, adaptive scaling, `dask_cuda`) is used
+by passing its `distributed.Client` as `executor=`: the sweep submits its points there and leaves
+the client open.
 
 The batch system gives each job its GPU (`CUDA_VISIBLE_DEVICES`), so Dask tasks get no device
 id. Paths in the config (`data.path`, `output_root`) must be valid on the workers: use a shared
@@ -58,9 +60,17 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import ConfigError
+from .batch_jobs import (
+    BATCH_EXECUTORS,
+    BatchJobExecutor,
+    check_options,
+    require_jobqueue,
+    require_submit_command,
+)
 from .point import PointOutcome, PointTask, execute_point, find_new_run_dir
 from .worker_pools import DaskExecutor, ProcessExecutor, _check_workers, visible_gpu_ids
 
@@ -74,12 +84,14 @@ __all__ = [
     "InlineExecutor",
     "ProcessExecutor",
     "DaskExecutor",
+    "BatchJobExecutor",
+    "BATCH_EXECUTORS",
     "make_executor",
     "check_executor",
     "worker_imports",
 ]
 
-EXECUTORS = ("inline", "process", "dask")
+EXECUTORS = ("inline", "process", "dask", *BATCH_EXECUTORS)
 
 
 class InlineExecutor:
@@ -105,36 +117,65 @@ class InlineExecutor:
         """Nothing to release."""
 
 
-def check_executor(executor: Any, max_workers: Optional[int] = None) -> None:
-    """Fail early, before a sweep writes anything, on an executor or max_workers that cannot work.
+def check_executor(executor: Any, max_workers: int | None = None,
+                   executor_options: Mapping[str, Any] | None = None, *, scheduler: str | None = None) -> dict:
+    """Fail early, before a sweep writes anything, on an executor or its settings that cannot work.
+
+    Returns:
+        The executor options checked, in one spelling ({} for executors that take none).
 
     Raises:
-        ConfigError: an unknown executor name or object, or max_workers below 1.
+        ConfigError: an unknown executor name or object, max_workers below 1, executor_options for an
+            executor that takes none, or for "slurm"/"htcondor": an unknown or wrong option, max_workers
+            or scheduler (they belong to "process"/"dask"), dask-jobqueue missing, or no sbatch /
+            condor_submit on this machine.
     """
+    if isinstance(executor, str) and executor not in EXECUTORS:
+        raise ConfigError(f"executor={executor!r} is not known; allowed: {', '.join(EXECUTORS)} "
+                          "(or a distributed.Client)")
+    if isinstance(executor, str) and executor in BATCH_EXECUTORS:
+        options = check_options(executor, executor_options)
+        for name, value in (("max_workers", max_workers), ("scheduler", scheduler)):
+            if value is not None:
+                raise ConfigError(f"{name}={value!r} has no meaning for executor={executor!r} (it is for 'process' "
+                                  "and 'dask'); the number of jobs is executor_options={'max_jobs': N}")
+        require_jobqueue(executor)
+        require_submit_command(executor)
+        return options
+    if executor_options is not None:
+        shown = executor if isinstance(executor, str) else type(executor).__name__
+        raise ConfigError(f"executor_options={dict(executor_options) if isinstance(executor_options, Mapping) else executor_options!r} "
+                          f"given with executor={shown!r}, which takes none: they are for "
+                          f"{' and '.join(map(repr, BATCH_EXECUTORS))}")
     if max_workers is not None:
         _check_workers(max_workers)
     if isinstance(executor, str):
-        if executor not in EXECUTORS:
-            raise ConfigError(f"executor={executor!r} is not known; allowed: {', '.join(EXECUTORS)} "
-                              "(or a distributed.Client)")
-        return
+        return {}
     if not _is_dask_client(executor):
         raise ConfigError(f"executor={executor!r}: expected one of {', '.join(EXECUTORS)} or a distributed.Client")
+    return {}
 
 
-def make_executor(executor: Any, *, max_workers: Optional[int] = None, scheduler: Optional[str] = None):
-    """An executor from its name ("inline", "process", "dask") or a `distributed.Client`.
+def make_executor(executor: Any, *, max_workers: int | None = None, scheduler: str | None = None,
+                  executor_options: Mapping[str, Any] | None = None, points: int | None = None,
+                  sweep_dir: Path | None = None):
+    """An executor from its name ("inline", "process", "dask", "slurm", "htcondor") or a `distributed.Client`.
+
+    `points` (how many the sweep runs) and `sweep_dir` (where the jobs' logs go) matter to the batch
+    executors only.
 
     Raises:
-        ConfigError: an unknown name, or max_workers below 1.
+        ConfigError: as `check_executor`.
     """
-    check_executor(executor, max_workers)
+    options = check_executor(executor, max_workers, executor_options, scheduler=scheduler)
     if not isinstance(executor, str):
         return DaskExecutor(client=executor)
     if executor == "inline":
         return InlineExecutor()
     if executor == "process":
         return ProcessExecutor(max_workers)
+    if executor in BATCH_EXECUTORS:
+        return BatchJobExecutor(executor, options, points=points, sweep_dir=sweep_dir)
     return DaskExecutor(scheduler=scheduler, max_workers=max_workers)
 
 

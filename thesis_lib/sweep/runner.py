@@ -101,6 +101,7 @@ def sweep(
     executor: Any = "inline",
     max_workers: Optional[int] = None,
     scheduler: Optional[str] = None,
+    executor_options: Mapping | None = None,
     via: str = "function",
     sweep_dir: Union[str, Path, None] = None,
     overrides: Union[Sequence[str], Mapping, None] = None,
@@ -117,10 +118,16 @@ def sweep(
         seeds: values of trainer.seed, each run for every grid point; None keeps the base's seed.
         name: the sweep's name, in its directory name and its progress lines.
         executor: "inline" (this process, one at a time), "process" (a spawn process pool, one
-            run per GPU), "dask" (a scheduler address or a LocalCluster), or a distributed.Client.
+            run per GPU), "dask" (a scheduler address or a LocalCluster), "slurm" or "htcondor"
+            (each point a Dask task on a worker that a batch job runs, through dask-jobqueue),
+            or a distributed.Client.
         max_workers: concurrent points for "process" and a local "dask" cluster; default one
             per visible GPU, or 1.
         scheduler: a Dask scheduler address for executor="dask" (default: a LocalCluster).
+        executor_options: the batch jobs of executor="slurm"/"htcondor": cores, memory, gpus,
+            walltime, partition (SLURM), account, job_extra_directives, disk (HTCondor), python,
+            local_directory, log_directory, scheduler_host, max_jobs (thesis_lib.sweep.batch_jobs
+            says what each means); recorded in sweep.yaml. None for the other executors.
         via: "function" calls thesis_lib.train; "notebook" runs the driver notebook through
             papermill and keeps the executed copy in the run directory as train.ipynb.
         sweep_dir: use this directory instead of finding or creating one under output_root.
@@ -132,12 +139,12 @@ def sweep(
 
     Raises:
         ConfigError: an empty grid value list or seed list, an unknown config key or value (the
-            message names the point), an unknown executor or via, a missing notebook, or a
+            message names the point), an unknown executor, executor option or via, a missing notebook, or a
             sweep_dir that holds a different sweep (the message names both spec hashes).
     """
     if via not in VIAS:
         raise ConfigError(f"via={via!r} is not known; allowed: {', '.join(VIAS)}")
-    check_executor(executor, max_workers)
+    options = check_executor(executor, max_workers, executor_options, scheduler=scheduler)
     notebook_path = Path(notebook) if notebook is not None else DEFAULT_NOTEBOOK
     if via == "notebook" and not notebook_path.is_file():
         raise ConfigError(f"via='notebook' needs the driver notebook; {notebook_path} does not exist")
@@ -154,7 +161,8 @@ def sweep(
     with _locating(sweep_dir, base_dict["output_root"], label):
         directory = _locate_sweep_dir(sweep_dir, base_dict["output_root"], label, spec)
         record = _SweepRecord(directory, name=label, spec=spec, base=base_dict, grid=grid or {}, seeds=seeds_used,
-                              executor=_executor_label(executor, scheduler), via=via)
+                              executor=_executor_label(executor, scheduler), via=via,
+                              executor_options=options if executor_options is not None else None)
         if not record.path.is_file():  # an identical sweep started a moment later finds this directory
             record.write([], state="planning")
     results, tasks = _plan(points, directory, via, str(notebook_path.resolve()), imports)
@@ -169,7 +177,7 @@ def sweep(
     if tasks:
         kind = executor if isinstance(executor, str) else "dask"  # each run records what ran it (env.json launch)
         tasks = [dataclasses.replace(task, executor=kind) for task in tasks]
-        _execute(tasks, results, record, progress, executor, max_workers, scheduler)
+        _execute(tasks, results, record, progress, executor, max_workers, scheduler, executor_options)
     else:
         record.write(results, state="finished")
     counts = _counts(results)
@@ -180,14 +188,15 @@ def sweep(
     return SweepResult(directory, results, counts, spec)
 
 
-def _execute(tasks, results, record, progress, executor, max_workers, scheduler) -> None:
+def _execute(tasks, results, record, progress, executor, max_workers, scheduler, executor_options=None) -> None:
     """Run the tasks on the executor, updating results, sweep.yaml and the progress line per point.
 
     Points another process is running come back RUNNING; they run again in a second round whose
     tasks wait for the other process's claim (and then adopt its run, or run the point).
     """
     by_name = {r.name: r for r in results}
-    runner = make_executor(executor, max_workers=max_workers, scheduler=scheduler)
+    runner = make_executor(executor, max_workers=max_workers, scheduler=scheduler, executor_options=executor_options,
+                           points=len(tasks), sweep_dir=record.directory)
     ran_by = record.head_now["executor"], record.head_now["via"]
     progress.workers = runner.workers
     state = "interrupted"
@@ -348,13 +357,14 @@ class _SweepRecord:
     so a re-run with another executor that only skips completed points changes neither.
     """
 
-    def __init__(self, directory: Path, *, name, spec, base, grid, seeds, executor, via):
+    def __init__(self, directory: Path, *, name, spec, base, grid, seeds, executor, via, executor_options=None):
         from ..version import __version__
 
         self.path = directory / SWEEP_FILE
         self.directory = directory
         self.before = self._read_before()
         self.head_now = {"executor": executor, "via": via}  # this run's, recorded on the points it runs
+        options = self.before.get("executor_options") if self.before.get("executor") else executor_options
         self.head = {
             "name": name,
             "spec_hash": spec,
@@ -362,6 +372,8 @@ class _SweepRecord:
             "thesis_lib_version": __version__,
             "executor": self.before.get("executor") or executor,
             "via": self.before.get("via") or via,
+            # only where given; they go with the executor they were given for: the first run's
+            **({"executor_options": options} if options is not None else {}),
             "seeds": list(seeds),
             "grid": {k: list(v) for k, v in grid.items()},
             "base": base,

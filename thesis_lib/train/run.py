@@ -109,6 +109,7 @@ class TrainingRun:
         self.resources: Optional[RunResources] = None
         self.monitor: Optional[FigureMonitor] = None
         self.tracker = None  # the GuardedMirror of tracking.backends (rank 0), or None: no tracking imported
+        self.profile = None  # trainer.profile's ProfileWindow (rank 0), or None: no profiler built, none imported
         if cfg.tracking.backends and ddp.is_main:  # a missing package fails here, before any file is written
             from ..tracking import check_available
 
@@ -216,6 +217,8 @@ class TrainingRun:
                 status, reason, error = self._fit(writer)
             finally:
                 self.signals.phase = "finishing"
+                if self.profile is not None:  # a window the run ended inside of: what was traced is written
+                    self.profile.close()
                 telemetry = self.resources.stop()
             total_time = time.time() - started
             try:  # the trackers close after the report (it goes up as an artifact), or on the way out
@@ -290,6 +293,10 @@ class TrainingRun:
         if self.tracker is not None:  # a tracker that failed and was switched off (part "tracking")
             for failure in self.tracker.take_failures():
                 self._write_event(writer, "on_incident", **failure)
+        if self.profile is not None:  # a profiler that failed and was switched off (part "profile"), warned once
+            for failure in self.profile.take_failures():
+                self._incident(writer, failure["part"], failure["message"], path=failure.get("path"),
+                               error_type=failure.get("error_type"))
         if self.monitor is not None:
             fresh = self.monitor.warnings[self._monitor_warnings_recorded:]
             self._monitor_warnings_recorded += len(fresh)
@@ -327,7 +334,8 @@ class TrainingRun:
         )
 
     def _sync_points(self) -> SyncPoints:
-        """The step's one hook, and what this run does at sync points: steps.csv rows, the dashboard, progress lines."""
+        """The step's one hook, and what this run does at sync points: steps.csv rows, the dashboard, progress lines;
+        with trainer.profile, the hook that also steps the profiler after every batch (profiling.py)."""
         cfg, dashboard = self.cfg, self.dashboard
         # With a tracker, each steps.csv row also goes to it as it is made (at the sync point itself).
         self.step_rows = (StepRows(self._origin) if self.tracker is None
@@ -337,9 +345,19 @@ class TrainingRun:
             listeners.append(DashboardView(dashboard, self._steps_per_epoch(), self.resources.latest_gpu))
         if cfg.logging.print_every_n_steps:
             listeners.append(ProgressLines(cfg.logging.print_every_n_steps, f"[{self.run_id}]", self._steps_per_epoch()))
-        return SyncPoints(cfg.trainer.sync_every_n_steps, grad_accum_steps=cfg.trainer.grad_accum_steps,
-                          control=dashboard.control if dashboard is not None else None,
-                          distributed=self.ddp.enabled, listeners=listeners)
+        hook = {"grad_accum_steps": cfg.trainer.grad_accum_steps, "listeners": listeners,
+                "control": dashboard.control if dashboard is not None else None, "distributed": self.ddp.enabled}
+        profile = cfg.trainer.profile
+        if profile.enabled and self.ddp.is_main and self.start_epoch > profile.epoch:
+            print(f"[{self.run_id}] profile: epoch {profile.epoch} ran before the resume; nothing is profiled")
+        elif profile.enabled and self.ddp.is_main:
+            # Only then: the hook that also steps the profiler after every batch (sync points unchanged).
+            from .profiling import ProfiledSyncPoints, ProfileWindow
+
+            self.profile = ProfileWindow(profile, self.run_dir, self.device, label=f"[{self.run_id}]",
+                                         batches_per_epoch=self._steps_per_epoch())
+            return ProfiledSyncPoints(cfg.trainer.sync_every_n_steps, window=self.profile, **hook)
+        return SyncPoints(cfg.trainer.sync_every_n_steps, **hook)
 
     def _fit(self, writer: RunWriter) -> tuple[str, str, Optional[BaseException]]:
         """The epoch loop; returns (status, stop_reason, unexpected error to re-raise or None)."""
@@ -399,6 +417,8 @@ class TrainingRun:
                                   device=self.device, names=self.names, ranks=self.ddp,
                                   grad_accum_steps=cfg.trainer.grad_accum_steps, grad_clip=cfg.optim.grad_clip,
                                   max_steps=cfg.trainer.max_steps_per_epoch, epoch=epoch)
+        if self.profile is not None:  # the profiled epoch's files: after its training pass, outside its timing
+            self.profile.end_epoch()
         val_stats = evaluate(self.model, self.loaders["val"], self.precision, device=self.device, names=self.names,
                              ranks=self.ddp)
         self.signals.phase = "writing"  # from here a second signal waits for the epoch's facts to be whole

@@ -10,8 +10,9 @@ listener, an object with `on_sync(point)`:
 - `DashboardView`: the live dashboard's fresh numbers (it redraws when its own clock says so);
 - `ProgressLines`: a progress line every `logging.print_every_n_steps` batches.
 
-Later additions plug in the same way: a profiler is one more listener appended to `listeners`; an
-experiment tracker (thesis_lib.tracking) gets each steps.csv row as it is made, through
+Later additions plug in the same way, or stand in for a part: the profiler needs every batch, not
+every sync point, so `ProfiledSyncPoints` (profiling.py) stands in for `SyncPoints` only when
+`trainer.profile` is on and steps it in `due`, adding no sync point; an experiment tracker (thesis_lib.tracking) gets each steps.csv row as it is made, through
 `MirroredStepRows`, which stands in for `StepRows` only when the run has a tracker; anything that wants the run to stop (a signal handler, a
 listener) calls `request_stop()`. A dashboard's Stop arrives the same way: its `control()` is
 polled in `due` after every step (its Pause blocks there, between two steps).
