@@ -22,6 +22,7 @@ pytest.importorskip("mlflow")
 
 import yaml
 from mlflow.tracking import MlflowClient
+from test_tracking_tensorboard import fact_points  # the facts' numbers as every tracker names them
 from test_train import TINY_MODEL  # the same tiny model
 
 from thesis_lib import train
@@ -31,8 +32,6 @@ from thesis_lib.facts import (
     read_config,
     read_events,
     read_scalars,
-    read_steps,
-    read_telemetry,
 )
 from thesis_lib.layout import HISTORY_FILE, MODEL_FILE, MODEL_INFO_FILE, TRACKING_FILE
 from thesis_lib.tracking import flat_config, make_mirror, read_tracking_ids
@@ -115,17 +114,8 @@ def _expected(run_dir: Path) -> dict:
         if _finite(value):
             expected.setdefault(name, {}).setdefault(int(step), float(value))
 
-    for row in read_scalars(run_dir).to_dict("records"):
-        for column, value in row.items():
-            if column not in ("epoch", "split", "train_loss", "val_loss"):
-                put(f"{row['split']}/{column}", row["epoch"], value)
-    for row in read_steps(run_dir).to_dict("records"):
-        put("steps/loss", row["step"], row["loss"])
-        put("steps/lr", row["step"], row["lr"])
-    for row in read_telemetry(run_dir).to_dict("records"):
-        for column, value in row.items():
-            if column != "t":
-                put(f"telemetry/{column}", round(row["t"] * 1000), value)
+    for name, step, value in fact_points(run_dir):
+        put(name, step, value)
     test = [e for e in read_events(run_dir) if e["moment"] == "on_test_end"][-1]
     for name, value in test["metrics"].items():
         put(f"test/{name}", test["epoch"], value)

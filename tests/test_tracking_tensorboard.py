@@ -66,6 +66,22 @@ def _f32(value) -> float:
     return float(np.float32(value))
 
 
+def fact_points(run_dir: Path):
+    """(tag, step, value) of every scalars.csv, steps.csv and telemetry.csv number, named and placed as
+    the README promises every tracker names them (the tests of each tracker compare against these)."""
+    for row in read_scalars(run_dir).to_dict("records"):
+        for column, value in row.items():
+            if column not in ("epoch", "split", "train_loss", "val_loss"):
+                yield f"{row['split']}/{column}", row["epoch"], value
+    for row in read_steps(run_dir).to_dict("records"):
+        yield "steps/loss", row["step"], row["loss"]
+        yield "steps/lr", row["step"], row["lr"]
+    for row in read_telemetry(run_dir).to_dict("records"):
+        for column, value in row.items():
+            if column != "t":
+                yield f"telemetry/{column}", round(row["t"] * 1000), value
+
+
 def _expected(run_dir: Path) -> dict:
     """tag -> [(step, float32 value)] from the run's facts alone, by the naming the README promises."""
     expected: dict = {}
@@ -74,17 +90,8 @@ def _expected(run_dir: Path) -> dict:
         if value is not None and not (isinstance(value, float) and math.isnan(value)) and math.isfinite(float(value)):
             expected.setdefault(tag, []).append((int(step), _f32(value)))
 
-    for row in read_scalars(run_dir).to_dict("records"):
-        for column, value in row.items():
-            if column not in ("epoch", "split", "train_loss", "val_loss"):
-                put(f"{row['split']}/{column}", row["epoch"], value)
-    for row in read_steps(run_dir).to_dict("records"):
-        put("steps/loss", row["step"], row["loss"])
-        put("steps/lr", row["step"], row["lr"])
-    for row in read_telemetry(run_dir).to_dict("records"):
-        for column, value in row.items():
-            if column != "t":
-                put(f"telemetry/{column}", round(row["t"] * 1000), value)
+    for tag, step, value in fact_points(run_dir):
+        put(tag, step, value)
     (test,) = [e for e in read_events(run_dir) if e["moment"] == "on_test_end"]
     for name, value in test["metrics"].items():
         put(f"test/{name}", test["epoch"], value)

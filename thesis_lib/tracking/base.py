@@ -31,7 +31,7 @@ from ..config import TrackingConfig, flatten_dict
 from ..layout import HISTORY_FILE, MODEL_FILE, MODEL_INFO_FILE, REPORT_HTML, REPORT_MARKDOWN, REPORT_PDF, RUN_REPORT_DIR
 
 __all__ = ["Mirror", "RunInfo", "flat_config", "epoch_scalars", "step_scalars", "telemetry_scalars",
-           "test_scalars", "telemetry_step", "tracking_settings", "run_artifacts", "output_root_of"]
+           "test_scalars", "telemetry_step", "wall_time", "tracking_settings", "run_artifacts", "output_root_of"]
 
 # Columns that place a row (they are its key or its x axis), not numbers to plot.
 _EPOCH_ROW_KEYS = ("epoch", "split")
@@ -145,6 +145,16 @@ def telemetry_scalars(row: Mapping[str, Any]) -> Iterator[tuple[str, float]]:
         number = _number(value)
         if number is not None:
             yield f"telemetry/{column}", number
+
+
+def wall_time(origin: Optional[float], t: Any) -> Optional[float]:
+    """time.time() of a fact's `t` (seconds since the run's origin); None when either is unknown."""
+    if origin is None or t is None:
+        return None
+    try:
+        return origin + float(t)
+    except (TypeError, ValueError):
+        return None
 
 
 def telemetry_step(t: float) -> int:

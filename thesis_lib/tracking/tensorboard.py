@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .base import Mirror, RunInfo, epoch_scalars, step_scalars, telemetry_scalars, telemetry_step, test_scalars
+from .base import (Mirror, RunInfo, epoch_scalars, step_scalars, telemetry_scalars, telemetry_step, test_scalars,
+                   wall_time)
 
 __all__ = ["TensorBoardMirror"]
 
@@ -49,12 +50,7 @@ class TensorBoardMirror(Mirror):
         self.origin: Optional[float] = None
 
     def _walltime(self, t: Any) -> Optional[float]:
-        if self.origin is None or t is None:
-            return None
-        try:
-            return self.origin + float(t)
-        except (TypeError, ValueError):
-            return None
+        return wall_time(self.origin, t)
 
     def start(self, config: Mapping[str, Any], run: RunInfo) -> None:
         try:

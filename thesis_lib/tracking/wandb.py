@@ -48,6 +48,7 @@ from .base import (
     step_scalars,
     telemetry_scalars,
     test_scalars,
+    wall_time,
 )
 
 __all__ = ["EPOCH_AXIS", "STEP_AXIS", "TELEMETRY_AXIS", "WandbMirror", "curated_config", "nested_config", "wandb_run_id"]
@@ -248,12 +249,7 @@ class WandbMirror(Mirror):
         self._hooks = None
 
     def _walltime(self, t: Any) -> float | None:
-        if self.origin is None or t is None:
-            return None
-        try:
-            return self.origin + float(t)
-        except (TypeError, ValueError):
-            return None
+        return wall_time(self.origin, t)
 
     def _log(self, row: dict, t: Any) -> None:
         """One history row at the next W&B step (explicit: it continues across segments, offline too)."""
